@@ -1,0 +1,82 @@
+"""nbdeploy: from a notebook cell to a quantized, benchmarked, running model endpoint.
+
+Everything public is re-exported here lazily, so ``import nbdeploy`` stays fast and imports
+no framework (torch, tensorflow) and no Jupyter package.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "export": "nbdeploy.api",
+    "quantize": "nbdeploy.api",
+    "benchmark": "nbdeploy.api",
+    "register": "nbdeploy.api",
+    "models": "nbdeploy.api",
+    "deploy": "nbdeploy.api",
+    "deployments": "nbdeploy.api",
+    "get": "nbdeploy.api",
+    "undeploy": "nbdeploy.api",
+    "rollback": "nbdeploy.api",
+    "ModelArtifact": "nbdeploy.artifact",
+    "Signature": "nbdeploy._types",
+    "TensorSpec": "nbdeploy._types",
+    "Parity": "nbdeploy._types",
+    "Quantization": "nbdeploy._types",
+    "BenchmarkReport": "nbdeploy.bench",
+    "NbdeployError": "nbdeploy._errors",
+    "ExportError": "nbdeploy._errors",
+    "ParityError": "nbdeploy._errors",
+    "QuantizeError": "nbdeploy._errors",
+    "BenchmarkError": "nbdeploy._errors",
+    "RepositoryError": "nbdeploy._errors",
+    "DeployError": "nbdeploy._errors",
+    "InputError": "nbdeploy._errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from nbdeploy._errors import (
+        BenchmarkError,
+        DeployError,
+        ExportError,
+        InputError,
+        NbdeployError,
+        ParityError,
+        QuantizeError,
+        RepositoryError,
+    )
+    from nbdeploy._types import Parity, Quantization, Signature, TensorSpec
+    from nbdeploy.api import (
+        benchmark,
+        deploy,
+        deployments,
+        export,
+        get,
+        models,
+        quantize,
+        register,
+        rollback,
+        undeploy,
+    )
+    from nbdeploy.artifact import ModelArtifact
+    from nbdeploy.bench import BenchmarkReport
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'nbdeploy' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
