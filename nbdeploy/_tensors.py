@@ -115,3 +115,28 @@ def repeat_to_batch(feeds: Mapping[str, np.ndarray], size: int) -> dict[str, np.
         reps = -(-size // max(array.shape[0], 1))
         out[name] = np.ascontiguousarray(np.concatenate([array] * reps, axis=0)[:size])
     return out
+
+
+def random_sample(
+    signature: Signature, *, batch_size: int = 1, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Inputs shaped and typed after a signature, for models given without a sample.
+
+    Dynamic non-batch dimensions get 16; integer inputs (token ids, say) stay small and
+    non-negative so they are valid indices.
+    """
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        shape = [batch_size if i == 0 else (16 if d == -1 else d) for i, d in enumerate(spec.shape)]
+        if spec.dtype == "str":
+            feeds[spec.name] = np.array(["sample"] * int(np.prod(shape)), dtype=object).reshape(
+                shape
+            )
+        elif spec.dtype == "bool":
+            feeds[spec.name] = rng.random(shape) > 0.5
+        elif np.dtype(spec.dtype).kind in "iu":
+            feeds[spec.name] = rng.integers(0, 10, size=shape).astype(spec.dtype)
+        else:
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+    return feeds

@@ -55,11 +55,18 @@ class TensorSpec:
         return NUMPY_TO_V2.get(self.dtype, self.dtype.upper())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "datatype": self.datatype, "shape": list(self.shape)}
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "datatype": self.datatype,
+            "shape": list(self.shape),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
-        return cls(name=data["name"], dtype=data["dtype"], shape=tuple(int(d) for d in data["shape"]))
+        return cls(
+            name=data["name"], dtype=data["dtype"], shape=tuple(int(d) for d in data["shape"])
+        )
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,11 @@ class Signature:
         """Read the signature of an ``onnx.ModelProto`` or a path to a ``.onnx`` file."""
         import onnx
 
-        proto = onnx.load(str(model), load_external_data=False) if isinstance(model, str | Path) else model
+        proto = (
+            onnx.load(str(model), load_external_data=False)
+            if isinstance(model, str | Path)
+            else model
+        )
         initializers = {init.name for init in proto.graph.initializer}
 
         def spec(value_info: Any) -> TensorSpec:
@@ -115,9 +126,7 @@ class Signature:
             )
             return TensorSpec(value_info.name, dtype, dims)
 
-        opset = next(
-            (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None
-        )
+        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         return cls(
             inputs=tuple(spec(v) for v in proto.graph.input if v.name not in initializers),
             outputs=tuple(spec(v) for v in proto.graph.output),

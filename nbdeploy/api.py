@@ -26,9 +26,7 @@ def export(
     """
     from nbdeploy.export import export_model
 
-    return export_model(
-        model, sample, name=name, labels=labels, atol=atol, rtol=rtol, opset=opset
-    )
+    return export_model(model, sample, name=name, labels=labels, atol=atol, rtol=rtol, opset=opset)
 
 
 def quantize(
@@ -87,3 +85,14 @@ def _as_artifact(value: ModelArtifact | str | Path) -> ModelArtifact:
     raise NbdeployError(
         f"expected a ModelArtifact, an artifact directory or an .onnx path; got {type(value).__name__}"
     )
+
+
+def deployment_rows() -> list[dict[str, Any]]:
+    """Active deployments as plain rows (name, version, runtime, status, url, created_at)."""
+    from nbdeploy.store import Store
+
+    columns = ("name", "version", "runtime", "state", "url", "created_at")
+    return [
+        {**{key: row[key] for key in columns}, "status": row["state"]}
+        for row in Store().deployments()
+    ]

@@ -1,0 +1,140 @@
+"""The model repository: ``models/<name>/<version>/`` with ``model.onnx`` and ``nbdeploy.json``.
+
+Versions are immutable (files read-only once written) and appear atomically: a version is
+assembled in a private temp dir and renamed into place while the store's write lock is held,
+so concurrent registrations from several processes get distinct numbers and nothing is left
+half-written after a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from nbdeploy import _settings
+from nbdeploy._errors import RepositoryError
+from nbdeploy.artifact import METADATA_FILE, MODEL_FILE, ModelArtifact, write_json_atomic
+from nbdeploy.store import Store
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+
+
+def check_name(name: str) -> str:
+    """Deployment names end up in paths, image tags and URLs: keep them to a safe alphabet."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise RepositoryError(
+            f"invalid model name {name!r}: use 1-63 lower-case letters, digits, '-', '_' or '.',"
+            " starting with a letter or digit (e.g. 'digits-cnn')"
+        )
+    return name
+
+
+class ModelRepository:
+    """Registered model versions on disk, indexed in the SQLite store."""
+
+    def __init__(self, root: str | Path | None = None, store: Store | None = None) -> None:
+        self.root = Path(root) if root else _settings.models_dir()
+        self.store = store or Store()
+
+    def register(
+        self,
+        artifact: ModelArtifact,
+        *,
+        name: str | None = None,
+        benchmark: dict[str, Any] | None = None,
+    ) -> ModelArtifact:
+        """Copy ``artifact`` in as the next version of ``name`` and return the registered copy."""
+        if not artifact.ok:
+            reason = artifact.quantization.reason if artifact.quantization else "unknown"
+            raise RepositoryError(
+                f"{artifact.label} is not a usable model ({reason}); register the fp32 export"
+                " or a variant whose quantization succeeded"
+            )
+        name = check_name(artifact.name if name is None else name)
+        model_root = self.root / name
+        model_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_root))
+        final: Path | None = None
+        try:
+            try:
+                shutil.copyfile(artifact.path, staging / MODEL_FILE)
+            except OSError as exc:
+                raise RepositoryError(f"cannot read the model file {artifact.path}: {exc}") from exc
+            with self.store.transaction() as conn:
+                version = max(Store.max_version(conn, name), self._max_dir_version(name)) + 1
+                record = ModelArtifact(
+                    path=staging / MODEL_FILE,
+                    name=name,
+                    signature=artifact.signature,
+                    framework=artifact.framework,
+                    framework_version=artifact.framework_version,
+                    variant=artifact.variant,
+                    parity=artifact.parity,
+                    quantization=artifact.quantization,
+                    version=version,
+                    labels=artifact.labels,
+                    input_kind=artifact.input_kind,
+                    metadata=dict(artifact.metadata),
+                    benchmark=benchmark if benchmark is not None else artifact.benchmark,
+                    source_model=artifact.source_model,
+                )
+                write_json_atomic(staging / METADATA_FILE, record.to_dict())
+                for child in staging.iterdir():
+                    child.chmod(READ_ONLY)
+                final = model_root / str(version)
+                os.rename(staging, final)
+                try:
+                    Store.insert_version(
+                        conn,
+                        name=name,
+                        version=version,
+                        path=str(final),
+                        sha256=record.sha256,
+                        variant=record.variant,
+                        framework=record.framework,
+                        size_bytes=(final / MODEL_FILE).stat().st_size,
+                    )
+                except BaseException:
+                    os.rename(final, staging)
+                    final = None
+                    raise
+            record.path = final / MODEL_FILE
+            self.store.add_event(name, "registered", f"version {version} ({record.variant})")
+            return record
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            if final is not None and self.store.version(name, version) is None:
+                shutil.rmtree(final, ignore_errors=True)
+            raise
+
+    def _max_dir_version(self, name: str) -> int:
+        versions = [int(p.name) for p in (self.root / name).iterdir() if p.name.isdigit()]
+        return max(versions, default=0)
+
+    def get(self, name: str, version: int | None = None) -> ModelArtifact:
+        """A registered version (the newest when ``version`` is None)."""
+        rows = self.store.versions(name)
+        if not rows:
+            known = sorted({row["name"] for row in self.store.versions()})
+            raise RepositoryError(
+                f"no model named {name!r} is registered; known: {known or 'none'}"
+            )
+        if version is None:
+            row = rows[0]
+        else:
+            matches = [row for row in rows if row["version"] == int(version)]
+            if not matches:
+                raise RepositoryError(
+                    f"model {name!r} has no version {version}; versions: {[r['version'] for r in rows]}"
+                )
+            row = matches[0]
+        return ModelArtifact.load(row["path"])
+
+    def list_versions(self, name: str | None = None) -> list[dict[str, Any]]:
+        return self.store.versions(name)

@@ -1,0 +1,240 @@
+"""SQLite store (WAL) for model versions, deployments and events.
+
+One short-lived connection per operation keeps it safe across threads, kernels and processes;
+``BEGIN IMMEDIATE`` serialises writers so two processes never take the same version number.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nbdeploy import _settings
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    name        TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    path        TEXT    NOT NULL,
+    sha256      TEXT    NOT NULL,
+    variant     TEXT    NOT NULL,
+    framework   TEXT,
+    size_bytes  INTEGER,
+    created_at  TEXT    NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS deployments (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    runtime     TEXT    NOT NULL,
+    state       TEXT    NOT NULL,
+    url         TEXT,
+    port        INTEGER,
+    token       TEXT,
+    handle      TEXT    NOT NULL DEFAULT '{}',
+    created_at  TEXT    NOT NULL,
+    updated_at  TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deployments_by_name ON deployments (name, state);
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts          TEXT    NOT NULL,
+    name        TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    message     TEXT    NOT NULL,
+    data        TEXT
+);
+"""
+
+DEPLOYMENT_STATES = ("starting", "active", "retired", "failed")
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Store:
+    """The SQLite file under NBDEPLOY_HOME; every method opens and closes its own connection."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else _settings.db_path()
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds the database's write lock from its first statement."""
+        conn = self._connect()
+        try:
+            for attempt in range(50):
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 49:
+                        raise
+                    time.sleep(0.05)
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        conn = self._connect()
+        try:
+            return [dict(row) for row in conn.execute(sql, params).fetchall()]
+        finally:
+            conn.close()
+
+    # versions -----------------------------------------------------------------------------
+
+    @staticmethod
+    def max_version(conn: sqlite3.Connection, name: str) -> int:
+        row = conn.execute("SELECT MAX(version) FROM versions WHERE name = ?", (name,)).fetchone()
+        return int(row[0] or 0)
+
+    @staticmethod
+    def insert_version(conn: sqlite3.Connection, **row: Any) -> None:
+        row.setdefault("created_at", now())
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        conn.execute(f"INSERT INTO versions ({columns}) VALUES ({marks})", tuple(row.values()))
+
+    def versions(self, name: str | None = None) -> list[dict[str, Any]]:
+        if name is None:
+            return self._query("SELECT * FROM versions ORDER BY name, version DESC")
+        return self._query("SELECT * FROM versions WHERE name = ? ORDER BY version DESC", (name,))
+
+    def version(self, name: str, version: int) -> dict[str, Any] | None:
+        rows = self._query(
+            "SELECT * FROM versions WHERE name = ? AND version = ?", (name, int(version))
+        )
+        return rows[0] if rows else None
+
+    # deployments --------------------------------------------------------------------------
+
+    def add_deployment(
+        self,
+        *,
+        name: str,
+        version: int,
+        runtime: str,
+        state: str,
+        url: str | None = None,
+        port: int | None = None,
+        token: str | None = None,
+        handle: dict[str, Any] | None = None,
+    ) -> int:
+        stamp = now()
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO deployments (name, version, runtime, state, url, port, token, handle,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    version,
+                    runtime,
+                    state,
+                    url,
+                    port,
+                    token,
+                    json.dumps(handle or {}),
+                    stamp,
+                    stamp,
+                ),
+            )
+            return int(cursor.lastrowid)
+
+    def update_deployment(self, deployment_id: int, **fields: Any) -> None:
+        if "handle" in fields:
+            fields["handle"] = json.dumps(fields["handle"])
+        fields["updated_at"] = now()
+        assignments = ", ".join(f"{key} = ?" for key in fields)
+        with self.transaction() as conn:
+            conn.execute(
+                f"UPDATE deployments SET {assignments} WHERE id = ?",
+                (*fields.values(), deployment_id),
+            )
+
+    def activate(self, deployment_id: int, name: str) -> list[dict[str, Any]]:
+        """Make one deployment the active one for its name; return the ones it replaced."""
+        with self.transaction() as conn:
+            replaced = [
+                _decode(dict(row))
+                for row in conn.execute(
+                    "SELECT * FROM deployments WHERE name = ? AND state = 'active' AND id != ?",
+                    (name, deployment_id),
+                )
+            ]
+            stamp = now()
+            conn.execute(
+                "UPDATE deployments SET state = 'retired', updated_at = ?"
+                " WHERE name = ? AND state = 'active' AND id != ?",
+                (stamp, name, deployment_id),
+            )
+            conn.execute(
+                "UPDATE deployments SET state = 'active', updated_at = ? WHERE id = ?",
+                (stamp, deployment_id),
+            )
+        return replaced
+
+    def deployments(
+        self, *, name: str | None = None, states: tuple[str, ...] = ("active",)
+    ) -> list[dict[str, Any]]:
+        marks = ", ".join("?" for _ in states)
+        sql = f"SELECT * FROM deployments WHERE state IN ({marks})"
+        params: tuple[Any, ...] = tuple(states)
+        if name is not None:
+            sql += " AND name = ?"
+            params += (name,)
+        return [_decode(row) for row in self._query(sql + " ORDER BY name, id DESC", params)]
+
+    def deployment(self, deployment_id: int) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM deployments WHERE id = ?", (deployment_id,))
+        return _decode(rows[0]) if rows else None
+
+    # events -------------------------------------------------------------------------------
+
+    def add_event(self, name: str, kind: str, message: str, data: Any = None) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO events (ts, name, kind, message, data) VALUES (?, ?, ?, ?, ?)",
+                (
+                    now(),
+                    name,
+                    kind,
+                    message,
+                    json.dumps(data, default=str) if data is not None else None,
+                ),
+            )
+
+    def events(self, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if name is None:
+            return self._query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        return self._query(
+            "SELECT * FROM events WHERE name = ? ORDER BY id DESC LIMIT ?", (name, limit)
+        )
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    row["handle"] = json.loads(row.get("handle") or "{}")
+    return row
