@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbdeploy.artifact import ModelArtifact
+
+if TYPE_CHECKING:
+    from nbdeploy.endpoint import Endpoint
 
 
 def export(
@@ -87,12 +90,68 @@ def _as_artifact(value: ModelArtifact | str | Path) -> ModelArtifact:
     )
 
 
-def deployment_rows() -> list[dict[str, Any]]:
-    """Active deployments as plain rows (name, version, runtime, status, url, created_at)."""
-    from nbdeploy.store import Store
+def deploy(
+    model: Any,
+    sample: Any = None,
+    *,
+    name: str | None = None,
+    quantize: str | None = None,
+    runtime: str = "auto",
+    labels: Sequence[str] | None = None,
+    port: int | None = None,
+    auth: bool = True,
+    **options: Any,
+) -> Endpoint:
+    """Export/quantize as asked, register a version and serve it as a local V2 endpoint.
 
-    columns = ("name", "version", "runtime", "state", "url", "created_at")
-    return [
-        {**{key: row[key] for key in columns}, "status": row["state"]}
-        for row in Store().deployments()
-    ]
+    ``model`` is a framework model (with ``sample``), a ModelArtifact, or an ``.onnx`` path.
+    Deploying an existing name is a blue-green switch: the new version serves before the old
+    one stops. ``options`` reach :func:`nbdeploy.deployment.deploy` (``max_batch_size``,
+    ``max_queue_delay_ms``, ``batching``, ``cpus``, ``memory``, ``timeout``, ``progress``).
+    """
+    from nbdeploy.deployment import deploy as run_deploy
+
+    return run_deploy(
+        model,
+        sample=sample,
+        name=name,
+        quantize=quantize,
+        runtime=runtime,
+        labels=labels,
+        port=port,
+        auth=auth,
+        **options,
+    )
+
+
+def deployments() -> list[Endpoint]:
+    """Every active deployment, one Endpoint per name."""
+    from nbdeploy.deployment import deployments as active
+
+    return active()
+
+
+def get(name: str) -> Endpoint:
+    """The active deployment called ``name``; works again after a kernel restart."""
+    from nbdeploy.deployment import get as find
+
+    return find(name)
+
+
+def undeploy(name: str) -> list[int]:
+    """Stop the deployment called ``name``; returns the versions stopped."""
+    from nbdeploy.deployment import undeploy as stop
+
+    return stop(name)
+
+
+def rollback(name: str, version: int | None = None) -> Endpoint:
+    """Serve an earlier version of ``name`` (the previous one by default), blue-green."""
+    from nbdeploy.deployment import rollback as back
+
+    return back(name, version)
+
+
+def deployment_rows() -> list[dict[str, Any]]:
+    """Active deployments as plain dicts with their live status, for tables and JSON."""
+    return [endpoint.to_dict() for endpoint in deployments()]

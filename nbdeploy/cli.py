@@ -80,6 +80,62 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    import nbdeploy.api as api
+
+    endpoint = api.deploy(
+        args.path,
+        name=args.name,
+        quantize=args.quantize,
+        runtime=args.runtime,
+        port=args.port,
+        auth=not args.no_auth,
+        progress=lambda line: print(line, file=sys.stderr),
+    )
+    if args.json:
+        _print_json({**endpoint.to_dict(), "token": endpoint.token})
+        return 0
+    print(f"{endpoint.name} v{endpoint.version} is serving at {endpoint.url}")
+    print(f"  infer: POST {endpoint.url}/v2/models/{endpoint.name}/infer")
+    if endpoint.token:
+        print(f"  token: {endpoint.token}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import nbdeploy.api as api
+
+    info = api.get(args.name).to_dict()
+    if args.json:
+        _print_json(info)
+    else:
+        print(_table([info], ("name", "version", "runtime", "status", "url", "created_at")))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    import nbdeploy.api as api
+
+    print(api.get(args.name).logs(tail=args.tail), end="")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    import nbdeploy.api as api
+
+    versions = api.undeploy(args.name)
+    print(f"stopped {args.name} (version {', '.join(map(str, versions))})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    import nbdeploy.api as api
+
+    endpoint = api.rollback(args.name, args.version)
+    print(f"{endpoint.name} now serves version {endpoint.version} at {endpoint.url}")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from nbdeploy.quickstart import run_quickstart
 
@@ -109,6 +165,44 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list registered model versions")
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(handler=cmd_models)
+
+    deploy = sub.add_parser("deploy", help="serve an ONNX model (or artifact dir) as a V2 endpoint")
+    deploy.add_argument("path", help="path to a .onnx file or an artifact directory")
+    deploy.add_argument("--name", required=True, help="deployment name (lower-case, e.g. digits)")
+    deploy.add_argument(
+        "--quantize",
+        choices=("none", "int8", "fp16", "auto"),
+        default="none",
+        help="variant to serve",
+    )
+    deploy.add_argument("--runtime", choices=("auto", "docker", "process"), default="auto")
+    deploy.add_argument(
+        "--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)"
+    )
+    deploy.add_argument("--no-auth", action="store_true", help="serve without a bearer token")
+    deploy.add_argument("--json", action="store_true", help="print the endpoint as JSON")
+    deploy.set_defaults(handler=cmd_deploy)
+
+    status = sub.add_parser("status", help="show one deployment")
+    status.add_argument("name")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=cmd_status)
+
+    logs = sub.add_parser("logs", help="print a deployment's server log")
+    logs.add_argument("name")
+    logs.add_argument("--tail", type=int, default=200, help="number of lines (default 200)")
+    logs.set_defaults(handler=cmd_logs)
+
+    stop = sub.add_parser("stop", help="stop a deployment")
+    stop.add_argument("name")
+    stop.set_defaults(handler=cmd_stop)
+
+    rollback = sub.add_parser("rollback", help="serve an earlier version of a deployment")
+    rollback.add_argument("name")
+    rollback.add_argument(
+        "--version", type=int, default=None, help="version (default: the previous)"
+    )
+    rollback.set_defaults(handler=cmd_rollback)
 
     quick = sub.add_parser(
         "quickstart", help="train a small digits model, export, quantize, benchmark and register it"
