@@ -1,0 +1,239 @@
+"""Dynamic batching: concurrent requests to one model version become one onnxruntime run.
+
+Requests wait in a queue for at most ``max_queue_delay`` after the oldest one arrived, or until
+``max_batch_size`` rows of the same shape are waiting; then the group is concatenated along
+axis 0, run on the model version's own worker thread (so the event loop never blocks) and the
+outputs are split back into views, one per request. Requests whose non-batch dimensions differ
+are never merged. If a merged run fails, every request in it is retried alone so that one bad
+request cannot fail the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ClientError
+from .metrics import Metrics
+from .model import ModelVersion
+
+log = logging.getLogger("nbdeploy.serve")
+
+Result = dict[str, np.ndarray]
+
+
+@dataclass
+class _Item:
+    feeds: dict[str, np.ndarray]
+    outputs: frozenset[str]
+    rows: int
+    key: tuple[Any, ...] | None
+    future: asyncio.Future[Result]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """The queue and worker thread of one model version."""
+
+    def __init__(
+        self,
+        model: ModelVersion,
+        metrics: Metrics,
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        enabled: bool,
+    ) -> None:
+        self.model = model
+        self.enabled = enabled and model.batchable and max_batch_size > 1
+        self.max_rows = max_batch_size
+        self.delay = max_queue_delay_s
+        self._waiting: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"ort-{model.name}-v{model.version}"
+        )
+        labels = (model.name, str(model.version))
+        self._rows_metric = metrics.batch_rows.labels(*labels)
+        self._requests_metric = metrics.batch_requests.labels(*labels)
+        self._queue_metric = metrics.queue_time.labels(*labels)
+        self._compute_metric = metrics.compute_time.labels(*labels)
+        self._pending_metric = metrics.pending.labels(*labels)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._serve(), name=f"batcher-{self.model.name}-v{self.model.version}"
+        )
+
+    async def close(self) -> None:
+        """Finish every queued request without further waiting, then stop the worker."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def infer(self, feeds: dict[str, np.ndarray], outputs: Iterable[str]) -> Result:
+        """Queue one request's checked feeds; return the requested outputs for its rows."""
+        if self._closing:
+            raise ClientError(503, "the server is shutting down")
+        rows, key = self._batch_key(feeds)
+        item = _Item(
+            feeds, frozenset(outputs), rows, key, asyncio.get_running_loop().create_future()
+        )
+        self._pending_metric.inc()
+        try:
+            self._waiting.append(item)
+            self._wakeup.set()
+            return await item.future
+        finally:
+            self._pending_metric.dec()
+
+    def _batch_key(self, feeds: dict[str, np.ndarray]) -> tuple[int, tuple[Any, ...] | None]:
+        """Rows of the request, and what a request must share with it to be merged (or None)."""
+        arrays = list(feeds.values())
+        rows = int(arrays[0].shape[0]) if arrays[0].ndim else 1
+        if not self.enabled or rows == 0 or any(a.ndim == 0 or a.shape[0] != rows for a in arrays):
+            return rows, None
+        return rows, tuple((a.dtype.str, a.shape[1:]) for a in arrays)
+
+    async def _serve(self) -> None:
+        pending: list[_Item] = []
+        while True:
+            pending.extend(self._waiting)
+            self._waiting.clear()
+            if not pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            wait = self._wait_for_more(pending)
+            if wait > 0:
+                self._wakeup.clear()
+                try:
+                    async with asyncio.timeout(wait):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    pass
+                continue
+            group = self._take_group(pending)
+            try:
+                await self._run(group)
+            except Exception as exc:
+                log.exception("batch of %s v%d failed", self.model.name, self.model.version)
+                for item in group:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+
+    def _wait_for_more(self, pending: list[_Item]) -> float:
+        """Seconds worth waiting for more requests to merge with the oldest one (0 = run now)."""
+        first = pending[0]
+        if not self.enabled or self._closing or first.key is None:
+            return 0.0
+        rows = sum(item.rows for item in pending if item.key == first.key)
+        if rows >= self.max_rows:
+            return 0.0
+        return max(0.0, first.enqueued + self.delay - time.perf_counter())
+
+    def _take_group(self, pending: list[_Item]) -> list[_Item]:
+        """Remove and return the oldest request and those that fit in its batch."""
+        first = pending[0]
+        if first.key is None:
+            del pending[0]
+            return [first]
+        group: list[_Item] = []
+        rest: list[_Item] = []
+        rows = 0
+        for item in pending:
+            if item.key == first.key and (not group or rows + item.rows <= self.max_rows):
+                group.append(item)
+                rows += item.rows
+            else:
+                rest.append(item)
+        pending[:] = rest
+        return group
+
+    async def _run(self, group: list[_Item]) -> None:
+        started = time.perf_counter()
+        for item in group:
+            self._queue_metric.observe(started - item.enqueued)
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._executor, self._compute, group)
+        for item, result in zip(group, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+
+    def _compute(self, group: list[_Item]) -> list[Result | BaseException]:
+        """Worker thread: one merged run, or each request alone if the merged run fails."""
+        if len(group) == 1:
+            try:
+                return [self._run_merged(group)[0]]
+            except Exception as exc:
+                return [exc]
+        try:
+            return list(self._run_merged(group))
+        except Exception as exc:
+            log.info(
+                "a merged batch of %d requests for %s v%d failed (%s); running them one by one",
+                len(group),
+                self.model.name,
+                self.model.version,
+                exc,
+            )
+            return [self._compute([item])[0] for item in group]
+
+    def _run_merged(self, group: list[_Item]) -> list[Result]:
+        started = time.perf_counter()
+        wanted = set().union(*(item.outputs for item in group))
+        names = [info.name for info in self.model.outputs if info.name in wanted]
+        if len(group) == 1:
+            feeds = group[0].feeds
+        else:
+            feeds = {
+                name: np.concatenate([item.feeds[name] for item in group])
+                for name in group[0].feeds
+            }
+        outputs = self.model.run(feeds, names)
+        results = self._split(outputs, group)
+        self._compute_metric.observe(time.perf_counter() - started)
+        self._rows_metric.observe(sum(item.rows for item in group))
+        self._requests_metric.observe(len(group))
+        return results
+
+    def _split(self, outputs: Result, group: list[_Item]) -> list[Result]:
+        if len(group) == 1:
+            return [{name: outputs[name] for name in group[0].outputs}]
+        total = sum(item.rows for item in group)
+        offsets = np.cumsum([item.rows for item in group])[:-1]
+        pieces: dict[str, list[np.ndarray]] = {}
+        for name, array in outputs.items():
+            if array.ndim == 0 or array.shape[0] != total:
+                self.enabled = False
+                log.warning(
+                    "%s v%d: output '%s' has shape %s for a batch of %d rows; batching is now off",
+                    self.model.name,
+                    self.model.version,
+                    name,
+                    list(array.shape),
+                    total,
+                )
+                raise RuntimeError(f"output '{name}' does not follow the batch's rows")
+            pieces[name] = np.split(array, offsets)
+        return [
+            {name: pieces[name][index] for name in item.outputs} for index, item in enumerate(group)
+        ]

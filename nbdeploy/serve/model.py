@@ -1,0 +1,368 @@
+"""Model versions on disk: ``DIR/<name>/<version>/model.onnx`` (+ ``nbdeploy.json``), loaded into
+onnxruntime sessions, warmed up, and checked against incoming tensors.
+
+The signature comes from the ONNX session itself, so the server never trusts a stale
+``nbdeploy.json``; that file only contributes extras such as class labels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import (
+    Fail,
+    InvalidArgument,
+    NotImplemented,
+    RuntimeException,
+)
+
+from .errors import ClientError, bad_request, not_found
+from .protocol import DATATYPES, ONNX_DATATYPES, RequestedOutput
+
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "nbdeploy.json"
+PLATFORM = "onnxruntime_onnx"
+
+log = logging.getLogger("nbdeploy.serve")
+
+_RUN_ERRORS = (Fail, InvalidArgument, NotImplemented, RuntimeException)
+
+
+class RepositoryError(Exception):
+    """The model repository cannot be served as configured (a start-up error, not a request's)."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One model input or output as V2 metadata shows it; ``-1`` marks a dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+class ModelVersion:
+    """One loaded version of one model: its session, metadata and request checks."""
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        directory: Path,
+        session: Any,
+        inputs: list[TensorInfo],
+        outputs: list[TensorInfo],
+        extras: dict[str, Any],
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.directory = directory
+        self.session = session
+        self.inputs = inputs
+        self.outputs = outputs
+        self.extras = extras
+        self.batchable = False
+        self._input_names = [info.name for info in inputs]
+        self._output_names = {info.name for info in outputs}
+
+    @classmethod
+    def load(cls, name: str, version: int, directory: Path, threads: int) -> ModelVersion:
+        """Open ``model.onnx`` with ``threads`` intra-op threads and every graph optimisation."""
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 4  # run errors reach the client as 400s
+        path = directory / MODEL_FILE
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise RepositoryError(f"onnxruntime cannot load {path}: {exc}") from exc
+        inputs = []
+        for arg in session.get_inputs():
+            if arg.type not in ONNX_DATATYPES:
+                raise RepositoryError(
+                    f"{path}: input '{arg.name}' has type {arg.type}, which the V2 protocol"
+                    " cannot carry; only tensors of numbers, booleans and strings are served"
+                )
+            inputs.append(_tensor_info(arg))
+        outputs = []
+        for arg in session.get_outputs():
+            if arg.type in ONNX_DATATYPES:
+                outputs.append(_tensor_info(arg))
+            else:
+                log.warning(
+                    "%s v%d: output '%s' has type %s, which V2 cannot carry; it is not served",
+                    name,
+                    version,
+                    arg.name,
+                    arg.type,
+                )
+        if not outputs:
+            raise RepositoryError(f"{path}: the model has no tensor outputs to serve")
+        return cls(name, version, directory, session, inputs, outputs, _read_extras(directory))
+
+    @property
+    def labels(self) -> list[str] | None:
+        labels = self.extras.get("labels")
+        return labels if isinstance(labels, list) else None
+
+    def metadata(self, versions: list[int], batching: dict[str, Any]) -> dict[str, Any]:
+        """The V2 model metadata document (plus nbdeploy's extras under ``parameters``)."""
+        parameters = {key: value for key, value in self.extras.items() if value is not None}
+        parameters.update(batching)
+        return {
+            "name": self.name,
+            "versions": [str(v) for v in versions],
+            "platform": PLATFORM,
+            "inputs": [info.to_json() for info in self.inputs],
+            "outputs": [info.to_json() for info in self.outputs],
+            "parameters": parameters,
+        }
+
+    def check_inputs(
+        self, inputs: dict[str, np.ndarray], datatypes: dict[str, str]
+    ) -> dict[str, np.ndarray]:
+        """The request's tensors in model order, or a 400 naming what does not fit."""
+        missing = [name for name in self._input_names if name not in inputs]
+        extra = [name for name in inputs if name not in self._input_names]
+        if missing or extra:
+            problems = []
+            if missing:
+                problems.append(f"missing {missing}")
+            if extra:
+                problems.append(f"unexpected {extra}")
+            raise bad_request(
+                f"model '{self.name}' expects inputs {self._input_names}; the request has"
+                f" {list(inputs)} ({', '.join(problems)})"
+            )
+        feeds: dict[str, np.ndarray] = {}
+        for info in self.inputs:
+            array = inputs[info.name]
+            given = datatypes[info.name]
+            if given != info.datatype:
+                raise bad_request(
+                    f"input '{info.name}' of model '{self.name}' expects datatype"
+                    f" {info.datatype}, the request gives {given}"
+                )
+            if not _shape_fits(info.shape, array.shape):
+                raise bad_request(
+                    f"input '{info.name}' of model '{self.name}' expects shape"
+                    f" {list(info.shape)} (-1 = any size), the request gives {list(array.shape)}"
+                )
+            feeds[info.name] = array
+        return feeds
+
+    def check_outputs(
+        self, requested: list[RequestedOutput] | None, binary_default: bool
+    ) -> list[RequestedOutput]:
+        """The outputs to return, all of them by default, or a 400 for an unknown name."""
+        if requested is None:
+            return [RequestedOutput(info.name, binary_default) for info in self.outputs]
+        unknown = [out.name for out in requested if out.name not in self._output_names]
+        if unknown:
+            raise bad_request(
+                f"model '{self.name}' has no output {unknown[0]!r}; its outputs are"
+                f" {[info.name for info in self.outputs]}"
+            )
+        return requested
+
+    def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
+        """One onnxruntime run; a failure caused by the input data is the client's (400)."""
+        try:
+            values = self.session.run(output_names, feeds)
+        except _RUN_ERRORS as exc:
+            raise ClientError(400, f"model '{self.name}' cannot run on this input: {exc}") from exc
+        return dict(zip(output_names, values, strict=True))
+
+    def warm_up(self) -> None:
+        """Run once so the first request does not pay for lazy initialisation, and find out
+        whether requests can be merged along axis 0: every input and output must have a
+        dynamic first dimension, and the outputs must really follow the input's row count.
+        """
+        names = [info.name for info in self.outputs]
+        candidate = all(len(info.shape) >= 1 and info.shape[0] == -1 for info in self.inputs)
+        candidate = candidate and all(
+            len(info.shape) >= 1 and info.shape[0] == -1 for info in self.outputs
+        )
+        try:
+            single = self.run(self._dummy_feeds(1), names)
+            if candidate:
+                double = self.run(self._dummy_feeds(2), names)
+                self.batchable = all(
+                    single[n].shape[:1] == (1,) and double[n].shape[:1] == (2,) for n in names
+                )
+        except ClientError as exc:
+            log.warning(
+                "%s v%d: warm-up on zeros failed, so batching is off for it: %s",
+                self.name,
+                self.version,
+                exc.message,
+            )
+            self.batchable = False
+
+    def _dummy_feeds(self, rows: int) -> dict[str, np.ndarray]:
+        feeds: dict[str, np.ndarray] = {}
+        for info in self.inputs:
+            shape = tuple(
+                (rows if axis == 0 else 1) if dim == -1 else dim
+                for axis, dim in enumerate(info.shape)
+            )
+            if info.datatype == "BYTES":
+                feeds[info.name] = np.full(shape, "", dtype=object)
+            else:
+                feeds[info.name] = np.zeros(shape, dtype=DATATYPES[info.datatype])
+        return feeds
+
+
+class Repository:
+    """Every loaded model version, and which version an unversioned route means."""
+
+    def __init__(self, models: dict[str, dict[int, ModelVersion]], defaults: dict[str, int]):
+        self.models = models
+        self.defaults = defaults
+
+    def __iter__(self) -> Iterator[ModelVersion]:
+        for versions in self.models.values():
+            yield from versions.values()
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self.models[name])
+
+    def lookup(self, name: str, version: str | None) -> ModelVersion:
+        """The model version a route names, or a 404 saying what exists."""
+        versions = self.models.get(name)
+        if versions is None:
+            raise not_found(f"unknown model '{name}'; this server has {sorted(self.models)}")
+        if version is None:
+            return versions[self.defaults[name]]
+        number = int(version) if version.isdigit() else None
+        if number is None or number not in versions:
+            raise not_found(
+                f"model '{name}' has no version '{version}'; its versions are"
+                f" {[str(v) for v in sorted(versions)]}"
+            )
+        return versions[number]
+
+
+def discover(root: Path) -> dict[str, dict[int, Path]]:
+    """``{name: {version: directory}}`` for every ``<name>/<integer>/model.onnx`` under root."""
+    if not root.is_dir():
+        raise RepositoryError(f"the model repository {root} is not a directory")
+    found: dict[str, dict[int, Path]] = {}
+    for model_dir in sorted(root.iterdir()):
+        if not model_dir.is_dir() or model_dir.name.startswith("."):
+            continue
+        versions: dict[int, Path] = {}
+        for version_dir in sorted(model_dir.iterdir()):
+            name = version_dir.name
+            if not (name.isdigit() and name == str(int(name))):
+                continue
+            if (version_dir / MODEL_FILE).is_file():
+                versions[int(name)] = version_dir
+        if versions:
+            found[model_dir.name] = versions
+        else:
+            log.warning("%s holds no <version>/%s; skipped", model_dir, MODEL_FILE)
+    if not found:
+        raise RepositoryError(
+            f"the model repository {root} holds no models: expected"
+            f" {root}/<name>/<version>/{MODEL_FILE}"
+        )
+    return found
+
+
+def check_default_version(found: dict[str, dict[int, Path]], default_version: int | None) -> None:
+    """Refuse a ``--default-version`` that no model has (it is a typo, not a fallback)."""
+    if default_version is not None and not any(default_version in v for v in found.values()):
+        raise RepositoryError(
+            f"--default-version {default_version} does not exist for any model: found"
+            f" { ({name: sorted(v) for name, v in found.items()}) }"
+        )
+
+
+def load_repository(
+    found: dict[str, dict[int, Path]], threads: int, default_version: int | None
+) -> Repository:
+    """Load and warm up every version ``discover`` found."""
+    check_default_version(found, default_version)
+    models: dict[str, dict[int, ModelVersion]] = {}
+    defaults: dict[str, int] = {}
+    for name, versions in found.items():
+        models[name] = {}
+        for version, directory in sorted(versions.items()):
+            started = time.perf_counter()
+            model = ModelVersion.load(name, version, directory, threads)
+            model.warm_up()
+            models[name][version] = model
+            log.info(
+                "loaded %s v%d from %s in %.2f s: inputs %s, outputs %s, batchable %s",
+                name,
+                version,
+                directory,
+                time.perf_counter() - started,
+                _describe(model.inputs),
+                _describe(model.outputs),
+                "yes" if model.batchable else "no",
+            )
+        if default_version is not None and default_version in versions:
+            defaults[name] = default_version
+        else:
+            defaults[name] = max(versions)
+            if default_version is not None:
+                log.warning(
+                    "%s has no version %d; unversioned routes use its highest, %d",
+                    name,
+                    default_version,
+                    defaults[name],
+                )
+    return Repository(models, defaults)
+
+
+def _tensor_info(arg: Any) -> TensorInfo:
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in arg.shape or ())
+    return TensorInfo(arg.name, ONNX_DATATYPES[arg.type], shape)
+
+
+def _shape_fits(expected: tuple[int, ...], given: tuple[int, ...]) -> bool:
+    return len(expected) == len(given) and all(
+        want in (-1, got) for want, got in zip(expected, given, strict=True)
+    )
+
+
+def _read_extras(directory: Path) -> dict[str, Any]:
+    """Labels, input kind and variant from ``nbdeploy.json``; a broken file is only a warning."""
+    path = directory / METADATA_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    extras: dict[str, Any] = {}
+    labels = data.get("labels")
+    if isinstance(labels, list):
+        extras["labels"] = [str(label) for label in labels]
+    for key in ("input_kind", "variant", "framework"):
+        if isinstance(data.get(key), str):
+            extras[key] = data[key]
+    return extras
+
+
+def _describe(infos: list[TensorInfo]) -> str:
+    return ", ".join(f"{info.name} {info.datatype}{list(info.shape)}" for info in infos)

@@ -1,0 +1,460 @@
+"""Open Inference Protocol (V2) tensors: JSON ``data`` and the binary tensor data extension.
+
+Decoding checks only what the request says about itself (well-formed JSON, known datatypes,
+sizes that add up); whether the tensors fit a model is the model's business (``model.py``).
+Binary inputs become ``np.frombuffer`` views of the request body, and a response body is built
+with a single ``bytes.join``, so tensor bytes are copied as little as the protocol allows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import bad_request
+
+HEADER_LENGTH = "inference-header-content-length"
+
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+
+ONNX_DATATYPES: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+_NUMPY_DATATYPES: dict[str, str] = {
+    dtype.name: name for name, dtype in DATATYPES.items() if name != "BYTES"
+}
+# numpy kinds a JSON list may hold for each target kind: no silent float -> int truncation.
+_JSON_KINDS: dict[str, str] = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+_KIND_NAMES: dict[str, str] = {
+    "b": "booleans",
+    "i": "integers",
+    "u": "integers",
+    "f": "non-integer numbers",
+    "U": "strings",
+    "S": "strings",
+    "O": "values that are not all numbers",
+}
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """One output the client wants, and how: binary or JSON, optionally top-k classification."""
+
+    name: str
+    binary: bool = False
+    classification: int = 0
+
+
+@dataclass
+class InferRequest:
+    """A decoded infer request; ``outputs`` is None when the client wants every output."""
+
+    id: Any
+    inputs: dict[str, np.ndarray]
+    datatypes: dict[str, str]
+    outputs: list[RequestedOutput] | None
+    binary_output: bool
+
+
+@dataclass
+class _InputHead:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    spec: dict[str, Any]
+    binary_size: int | None
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The V2 datatype of a numpy array (object and unicode arrays are BYTES)."""
+    if array.dtype.kind in "OUS":
+        return "BYTES"
+    return _NUMPY_DATATYPES[array.dtype.name]
+
+
+def parse_header_length(value: str | None, body_size: int) -> int | None:
+    """Validate ``Inference-Header-Content-Length`` against the body it describes."""
+    if value is None:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        raise bad_request(
+            f"the Inference-Header-Content-Length header must be an integer, got {value!r}"
+        ) from None
+    if not 0 < length <= body_size:
+        raise bad_request(
+            f"the Inference-Header-Content-Length header says {length} bytes of JSON but the"
+            f" body has {body_size} bytes"
+        )
+    return length
+
+
+def decode_request(body: bytes, header_length: int | None) -> InferRequest:
+    """Parse an infer request body: JSON header, then the binary section when there is one."""
+    header = _load_json(body if header_length is None else body[:header_length])
+    if not isinstance(header, dict):
+        raise bad_request('the request must be a JSON object with an "inputs" list')
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise bad_request('the request needs an "inputs" list with at least one tensor')
+    params = _parameters(header.get("parameters"), "the request")
+    binary_output = _flag(params, "binary_data_output", "the request")
+    heads = [_input_head(spec, index) for index, spec in enumerate(raw_inputs)]
+    seen: set[str] = set()
+    for head in heads:
+        if head.name in seen:
+            raise bad_request(f"input '{head.name}' appears more than once in the request")
+        seen.add(head.name)
+    offset = _check_binary_section(heads, header_length, len(body))
+    inputs: dict[str, np.ndarray] = {}
+    for head in heads:
+        if head.binary_size is None:
+            inputs[head.name] = _from_json(head)
+        else:
+            inputs[head.name] = _from_binary(head, body, offset)
+            offset += head.binary_size
+    return InferRequest(
+        id=header.get("id"),
+        inputs=inputs,
+        datatypes={head.name: head.datatype for head in heads},
+        outputs=_requested_outputs(header.get("outputs"), binary_output),
+        binary_output=binary_output,
+    )
+
+
+def encode_response(
+    model_name: str,
+    model_version: str,
+    request_id: Any,
+    tensors: list[tuple[RequestedOutput, np.ndarray]],
+) -> tuple[bytes, dict[str, str], str]:
+    """Body, extra headers and media type of an infer response (binary parts after the JSON)."""
+    outputs: list[dict[str, Any]] = []
+    parts: list[Any] = []
+    for requested, array in tensors:
+        datatype = datatype_of(array)
+        entry: dict[str, Any] = {
+            "name": requested.name,
+            "datatype": datatype,
+            "shape": list(array.shape),
+        }
+        if requested.binary:
+            raw = _to_binary(array, datatype)
+            entry["parameters"] = {"binary_data_size": raw.nbytes}
+            parts.append(raw)
+        else:
+            entry["data"] = _to_json(array, datatype)
+        outputs.append(entry)
+    header: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        header["id"] = request_id
+    header["outputs"] = outputs
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    if not parts:
+        return header_bytes, {}, "application/json"
+    headers = {"Inference-Header-Content-Length": str(len(header_bytes))}
+    return b"".join([header_bytes, *parts]), headers, "application/octet-stream"
+
+
+def classify(array: np.ndarray, count: int, labels: list[str] | None) -> np.ndarray:
+    """Triton's classification extension: the top ``count`` classes as ``"score:index[:label]"``."""
+    if array.ndim not in (1, 2) or array.dtype.kind not in "iuf":
+        raise bad_request(
+            "classification needs a numeric output of shape [classes] or [batch, classes];"
+            f" this one is {datatype_of(array)} {list(array.shape)}"
+        )
+    rows = array.reshape(1, -1) if array.ndim == 1 else array
+    count = min(count, rows.shape[1])
+    top = np.argsort(-rows, axis=1, kind="stable")[:, :count]
+    result = np.empty(top.shape, dtype=object)
+    for r, indices in enumerate(top):
+        for c, index in enumerate(indices):
+            text = f"{float(rows[r, index]):f}:{int(index)}"
+            if labels and int(index) < len(labels):
+                text += f":{labels[int(index)]}"
+            result[r, c] = text
+    return result[0] if array.ndim == 1 else result
+
+
+def _load_json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise bad_request("the request JSON is nested too deeply") from None
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request(f'"parameters" of {where} must be a JSON object')
+    return value
+
+
+def _flag(params: dict[str, Any], key: str, where: str, default: bool = False) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise bad_request(f'parameter "{key}" of {where} must be true or false, got {value!r}')
+    return value
+
+
+def _input_head(spec: Any, index: int) -> _InputHead:
+    if not isinstance(spec, dict):
+        raise bad_request(f"inputs[{index}] must be a JSON object")
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise bad_request(f'inputs[{index}] needs a "name" string')
+    datatype = spec.get("datatype")
+    if datatype not in DATATYPES:
+        raise bad_request(
+            f"input '{name}' has datatype {datatype!r}; supported datatypes are"
+            f" {', '.join(DATATYPES)}"
+        )
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise bad_request(
+            f"input '{name}' needs a \"shape\" list of non-negative integers, got {shape!r}"
+        )
+    params = _parameters(spec.get("parameters"), f"input '{name}'")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise bad_request(
+                f"binary_data_size of input '{name}' must be a non-negative integer, got {size!r}"
+            )
+        if "data" in spec:
+            raise bad_request(
+                f"input '{name}' has both \"data\" and a binary_data_size parameter; give one"
+            )
+    elif "data" not in spec:
+        raise bad_request(f"input '{name}' has neither \"data\" nor a binary_data_size parameter")
+    return _InputHead(name, datatype, tuple(shape), spec, size)
+
+
+def _check_binary_section(
+    heads: list[_InputHead], header_length: int | None, body_size: int
+) -> int:
+    """Check the declared binary sizes add up to the binary section; return where it starts."""
+    declared = sum(head.binary_size or 0 for head in heads)
+    if header_length is None:
+        binary_inputs = [head.name for head in heads if head.binary_size is not None]
+        if binary_inputs:
+            raise bad_request(
+                f"inputs {binary_inputs} declare binary_data_size but the request has no"
+                " Inference-Header-Content-Length header saying where the binary data starts"
+            )
+        return body_size
+    available = body_size - header_length
+    if declared != available:
+        problem = "shorter" if available < declared else "longer"
+        raise bad_request(
+            f"the binary section is {problem} than declared: it holds {available} bytes but the"
+            f" inputs' binary_data_size add up to {declared}"
+        )
+    return header_length
+
+
+def _element_count(head: _InputHead) -> int:
+    return math.prod(head.shape)
+
+
+def _from_binary(head: _InputHead, body: bytes, offset: int) -> np.ndarray:
+    count = _element_count(head)
+    size = head.binary_size or 0
+    if head.datatype == "BYTES":
+        elements = _split_bytes(head.name, body, offset, size)
+        if len(elements) != count:
+            raise bad_request(
+                f"input '{head.name}' has shape {list(head.shape)} ({count} elements) but its"
+                f" binary data holds {len(elements)} BYTES elements"
+            )
+        return _object_array(elements, head.shape)
+    dtype = DATATYPES[head.datatype]
+    expected = count * dtype.itemsize
+    if size != expected:
+        raise bad_request(
+            f"input '{head.name}' has shape {list(head.shape)} of {head.datatype}, which is"
+            f" {expected} bytes, but its binary_data_size is {size}"
+        )
+    if count == 0:
+        return np.empty(head.shape, dtype=dtype)
+    array = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(head.shape)
+    return array if array.flags.aligned else array.copy()
+
+
+def _split_bytes(name: str, body: bytes, offset: int, size: int) -> list[str]:
+    """BYTES elements: each a 4-byte little-endian length, then that many UTF-8 bytes."""
+    elements: list[str] = []
+    position, end = offset, offset + size
+    while position < end:
+        if position + 4 > end:
+            raise bad_request(f"the binary data of input '{name}' ends inside a length prefix")
+        (length,) = struct.unpack_from("<I", body, position)
+        position += 4
+        if position + length > end:
+            raise bad_request(
+                f"a BYTES element of input '{name}' declares {length} bytes but only"
+                f" {end - position} remain"
+            )
+        try:
+            elements.append(body[position : position + length].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise bad_request(f"a BYTES element of input '{name}' is not valid UTF-8") from None
+        position += length
+    return elements
+
+
+def _from_json(head: _InputHead) -> np.ndarray:
+    data = head.spec["data"]
+    count = _element_count(head)
+    if head.datatype == "BYTES":
+        elements = _flatten_strings(head.name, data)
+        if len(elements) != count:
+            raise bad_request(
+                f"input '{head.name}' has shape {list(head.shape)} ({count} elements) but its"
+                f' "data" holds {len(elements)}'
+            )
+        return _object_array(elements, head.shape)
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError) as exc:
+        raise bad_request(
+            f"the \"data\" of input '{head.name}' must be a flat or evenly nested list of numbers"
+            f" ({exc})"
+        ) from None
+    target = DATATYPES[head.datatype]
+    if target.kind in "iu" and array.dtype.kind in "fO" and _all_integers(data):
+        # numpy turns a mix of int64 and uint64-only values into float64 (or object for
+        # values beyond 64 bits): convert exactly, letting numpy refuse what cannot fit.
+        try:
+            array = np.array(data, dtype=target)
+        except OverflowError:
+            raise bad_request(
+                f"input '{head.name}' holds values outside the {head.datatype} range"
+            ) from None
+    if array.size and array.dtype.kind not in _JSON_KINDS[target.kind]:
+        found = _KIND_NAMES.get(array.dtype.kind, "other values")
+        raise bad_request(f"input '{head.name}' is {head.datatype} but its \"data\" holds {found}")
+    if array.size != count:
+        raise bad_request(
+            f"input '{head.name}' has shape {list(head.shape)} ({count} elements) but its"
+            f' "data" holds {array.size}'
+        )
+    if target.kind in "iu" and array.size:
+        info = np.iinfo(target)
+        low, high = array.min(), array.max()
+        if low < info.min or high > info.max:
+            raise bad_request(
+                f"input '{head.name}' holds values outside the {head.datatype} range"
+                f" [{info.min}, {info.max}]"
+            )
+    return array.astype(target, copy=False).reshape(head.shape)
+
+
+def _all_integers(data: Any) -> bool:
+    if isinstance(data, list):
+        return all(_all_integers(item) for item in data)
+    return isinstance(data, int) and not isinstance(data, bool)
+
+
+def _flatten_strings(name: str, data: Any) -> list[str]:
+    if isinstance(data, str):
+        return [data]
+    if not isinstance(data, list):
+        raise bad_request(f"input '{name}' is BYTES: its \"data\" must hold strings")
+    flat: list[str] = []
+    for item in data:
+        flat.extend(_flatten_strings(name, item))
+    return flat
+
+
+def _object_array(elements: list[str], shape: tuple[int, ...]) -> np.ndarray:
+    array = np.empty(len(elements), dtype=object)
+    array[:] = elements
+    return array.reshape(shape)
+
+
+def _requested_outputs(value: Any, binary_default: bool) -> list[RequestedOutput] | None:
+    if value is None or value == []:
+        return None
+    if not isinstance(value, list):
+        raise bad_request('"outputs" must be a list of {"name": ...} objects')
+    outputs: list[RequestedOutput] = []
+    seen: set[str] = set()
+    for index, spec in enumerate(value):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise bad_request(f'outputs[{index}] must be an object with a "name" string')
+        name = spec["name"]
+        if name in seen:
+            raise bad_request(f"output '{name}' is requested more than once")
+        seen.add(name)
+        params = _parameters(spec.get("parameters"), f"output '{name}'")
+        binary = _flag(params, "binary_data", f"output '{name}'", binary_default)
+        classes = params.get("classification", 0)
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
+            raise bad_request(
+                f"classification of output '{name}' must be a non-negative integer, got {classes!r}"
+            )
+        outputs.append(RequestedOutput(name, binary, classes))
+    return outputs
+
+
+def _to_binary(array: np.ndarray, datatype: str) -> memoryview:
+    if datatype == "BYTES":
+        parts: list[bytes] = []
+        for item in array.reshape(-1):
+            raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            parts.append(struct.pack("<I", len(raw)))
+            parts.append(raw)
+        return memoryview(b"".join(parts))
+    contiguous = np.ascontiguousarray(array)
+    if contiguous.dtype.byteorder == ">":
+        contiguous = contiguous.astype(contiguous.dtype.newbyteorder("<"))
+    return memoryview(contiguous.reshape(-1).view(np.uint8))
+
+
+def _to_json(array: np.ndarray, datatype: str) -> list[Any]:
+    flat = array.reshape(-1)
+    if datatype == "BYTES":
+        return [
+            item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+            for item in flat
+        ]
+    return flat.tolist()
