@@ -1,0 +1,444 @@
+"""Container images for endpoints: base + shared server layer + one small model layer.
+
+Builds run without network access. The server's wheels are downloaded on the host, pinned to
+the exact versions installed here (so the onnxruntime that was benchmarked is the one that
+serves), cached in a wheelhouse, and sent in the build context. The server image depends only
+on the base image, the wheels and the ``nbdeploy/serve`` sources, so every model shares it and
+a model image adds one small layer on top.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from nbdeploy import _settings
+from nbdeploy._errors import DeployError
+
+Progress = Callable[[str], None] | None
+
+SERVER_PACKAGES: tuple[str, ...] = (
+    "onnxruntime",
+    "numpy",
+    "starlette",
+    "uvicorn",
+    "prometheus-client",
+)
+TARGET_PYTHON = "3.11"
+# Debian bookworm (both base images) has glibc 2.36: every manylinux tag up to it fits.
+PLATFORMS: tuple[str, ...] = (
+    "manylinux2014_x86_64",
+    *(f"manylinux_2_{minor}_x86_64" for minor in range(36, 16, -1)),
+)
+# What pip's environment markers see inside the image, whatever the host is.
+TARGET_MARKERS: dict[str, str] = {
+    "python_version": TARGET_PYTHON,
+    "python_full_version": f"{TARGET_PYTHON}.0",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "os_name": "posix",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "extra": "",
+}
+
+DEFAULT_BASE_IMAGE = "python:3.11-slim"
+LOCAL_BASE_IMAGE = "nbdeploy/base:bookworm"  # what scripts/docker-engine.sh builds
+SERVER_REPOSITORY = "nbdeploy-server"
+MODEL_REPOSITORY_PREFIX = "nbdeploy-model-"
+MODELS_ROOT = "/models"
+USER_ID = 10001
+BUILD_TIMEOUT_S = 900
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+_ENTRYPOINT = json.dumps(
+    [
+        "/bin/sh",
+        "-c",
+        f"exec python -m nbdeploy.serve --model-repository {MODELS_ROOT}"
+        ' --host "${NBDEPLOY_HOST:-127.0.0.1}" --port "${NBDEPLOY_PORT:-8080}" "$@"',
+        "nbdeploy-serve",
+    ]
+)
+_HEALTHCHECK = json.dumps(
+    [
+        "python",
+        "-c",
+        "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/v2/health/ready'"
+        " % os.environ.get('NBDEPLOY_PORT', '8080'), timeout=2)",
+    ]
+)
+_CHECK_PYTHON = (
+    "import sys; assert sys.version_info[:2] == (3, 11), "
+    '"the base image must run Python 3.11 for the cp311 wheels; it has " + sys.version'
+)
+
+SERVER_DOCKERFILE = f"""\
+FROM {{base}} AS wheels
+COPY wheels /wheels
+RUN python3 -c '{_CHECK_PYTHON}' \\
+ && python3 -m venv /opt/venv \\
+ && /opt/venv/bin/python -m pip install --no-index --find-links /wheels --no-cache-dir \\
+    --disable-pip-version-check --no-compile -r /wheels/requirements.txt \\
+ && /opt/venv/bin/python -m pip uninstall -y -q pip setuptools \\
+ && (/opt/venv/bin/python -m compileall -q -j 0 /opt/venv/lib > /dev/null || true)
+
+FROM {{base}}
+COPY --from=wheels /opt/venv /opt/venv
+RUN echo "nbdeploy:x:{USER_ID}:{USER_ID}:nbdeploy:/tmp:/usr/sbin/nologin" >> /etc/passwd \\
+ && echo "nbdeploy:x:{USER_ID}:" >> /etc/group
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PYTHONPATH=/app PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \\
+    HOME=/tmp NBDEPLOY_HOST=127.0.0.1 NBDEPLOY_PORT=8080
+COPY app /app
+WORKDIR /app
+USER {USER_ID}
+HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 CMD {_HEALTHCHECK}
+ENTRYPOINT {_ENTRYPOINT}
+CMD []
+"""
+
+MODEL_DOCKERFILE = """\
+FROM {server}
+COPY model {models_root}/{name}/{version}
+"""
+
+
+def cache_dir() -> Path:
+    """Where downloads shared between deployments live: ``NBDEPLOY_CACHE`` or ``NBDEPLOY_HOME``."""
+    root = os.environ.get("NBDEPLOY_CACHE")
+    path = Path(root).expanduser() if root else _settings.home()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def pinned_requirements(roots: tuple[str, ...] = SERVER_PACKAGES) -> list[str]:
+    """``name==version`` for the server packages and all they need, as installed on this host."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    pending = list(roots)
+    while pending:
+        wanted = pending.pop()
+        key = canonicalize_name(wanted)
+        if key in pins:
+            continue
+        try:
+            dist = importlib.metadata.distribution(wanted)
+        except importlib.metadata.PackageNotFoundError as exc:
+            raise DeployError(
+                f"the endpoint image needs {wanted} at the version installed here, but it is not "
+                f"installed in {sys.prefix}; pip install {wanted}"
+            ) from exc
+        pins[key] = dist.version
+        for line in dist.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate(TARGET_MARKERS):
+                pending.append(requirement.name)
+    return [f"{name}=={version}" for name, version in sorted(pins.items())]
+
+
+def wheelhouse(progress: Progress = None) -> Path:
+    """A directory of the server's cp311 manylinux wheels and a ``requirements.txt``.
+
+    Downloaded once per set of pinned versions from the package index and kept under
+    ``cache_dir()/wheelhouse/<key>``; the directory appears only when complete.
+    """
+    pins = pinned_requirements()
+    key = _digest(json.dumps([pins, PLATFORMS, TARGET_PYTHON]))[:16]
+    root = cache_dir() / "wheelhouse"
+    final = root / key
+    if (final / "requirements.txt").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+    try:
+        _say(progress, f"downloading server wheels for Python {TARGET_PYTHON}: {' '.join(pins)}")
+        _pip_download(pins, scratch, progress)
+        (scratch / "requirements.txt").write_text("\n".join(pins) + "\n")
+        try:
+            os.rename(scratch, final)
+        except OSError:
+            if not (final / "requirements.txt").is_file():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return final
+
+
+def _pip_download(pins: list[str], dest: Path, progress: Progress) -> None:
+    platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+        "--only-binary=:all:",
+        "--python-version",
+        TARGET_PYTHON,
+        "--implementation",
+        "cp",
+        *platforms,
+        "--dest",
+        str(dest),
+        *pins,
+    ]
+    lines: deque[str] = deque(maxlen=20)
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            _say(progress, line.rstrip())
+    if proc.returncode != 0:
+        raise DeployError(
+            "could not download the server's wheels from the package index (pip download exited "
+            f"{proc.returncode}); last lines:\n" + "\n".join(lines)
+        )
+
+
+def docker_client(timeout: int = BUILD_TIMEOUT_S) -> Any:
+    """A Docker SDK client for the engine in the environment (``DOCKER_HOST`` or the socket)."""
+    import docker
+
+    try:
+        return docker.from_env(timeout=timeout)
+    except docker.errors.DockerException as exc:
+        from nbdeploy.runtimes import START_ENGINE_HINT
+
+        raise DeployError(f"no Docker engine answers: {START_ENGINE_HINT}") from exc
+
+
+def base_image(client: Any = None) -> str:
+    """The image endpoints start from: ``NBDEPLOY_BASE_IMAGE``, else a local Python 3.11 base.
+
+    Without the setting, ``python:3.11-slim`` is used when present or pullable; the image
+    ``scripts/docker-engine.sh`` builds (``nbdeploy/base:bookworm``) is used when it is the one
+    present, so machines without a registry work without configuration.
+    """
+    configured = os.environ.get("NBDEPLOY_BASE_IMAGE")
+    if configured:
+        return configured
+    client = client or docker_client()
+    for candidate in (DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE):
+        if _local_image(client, candidate) is not None:
+            return candidate
+    return DEFAULT_BASE_IMAGE
+
+
+def serve_sources() -> dict[str, bytes]:
+    """The inference server's files, keyed by path relative to the ``nbdeploy`` package."""
+    package = Path(__file__).resolve().parent
+    serve = package / "serve"
+    files = {
+        str(path.relative_to(package)): path.read_bytes()
+        for path in sorted(serve.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
+    if "serve/__main__.py" not in files:
+        raise DeployError(f"the inference server is missing: no __main__.py in {serve}")
+    return files
+
+
+def ensure_server_image(progress: Progress = None) -> str:
+    """The tag of the shared server image, built only when no image for this content exists."""
+    client = docker_client()
+    try:
+        base = base_image(client)
+        base_id = _ensure_base(client, base, progress)
+        wheels = wheelhouse(progress)
+        sources = serve_sources()
+        labels = {"nbdeploy.managed": "true", "nbdeploy.role": "server", "nbdeploy.base": base}
+        dockerfile = SERVER_DOCKERFILE.replace("{base}", base) + _label_line(labels)
+        key = _digest(
+            json.dumps(
+                [
+                    base_id,
+                    sorted(p.name for p in wheels.glob("*.whl")),
+                    dockerfile,
+                    {path: _digest(data) for path, data in sources.items()},
+                ]
+            )
+        )[:16]
+        tag = f"{SERVER_REPOSITORY}:{key}"
+        if _local_image(client, tag) is not None:
+            return tag
+        _say(progress, f"building server image {tag} from {base}")
+        with _context_tar() as (tar, context):
+            _add_bytes(tar, "Dockerfile", dockerfile.encode())
+            for wheel in sorted(wheels.iterdir()):
+                tar.add(str(wheel), arcname=f"wheels/{wheel.name}", filter=_normalize)
+            _add_bytes(tar, "app/nbdeploy/__init__.py", b"")
+            for path, data in sources.items():
+                _add_bytes(tar, f"app/nbdeploy/{path}", data)
+            tar.close()
+            _build(client, context, tag, progress)
+        return tag
+    finally:
+        client.close()
+
+
+def model_image_tag(name: str, version: int, sha256: str) -> str:
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-_.") or "model"
+    return f"{MODEL_REPOSITORY_PREFIX}{slug}:{int(version)}-{sha256[:12]}"
+
+
+def build_model_image(
+    model_dir: Path, name: str, version: int, sha256: str, progress: Progress = None
+) -> str:
+    """The tag of an image serving ``model_dir`` as ``/models/<name>/<version>``."""
+    model_dir = Path(model_dir)
+    if not NAME_PATTERN.match(name):
+        raise DeployError(
+            f"a deployment name must be letters, digits, '_', '.' or '-' (starting with a letter "
+            f"or digit); got {name!r}"
+        )
+    if not (model_dir / "model.onnx").is_file():
+        raise DeployError(f"expected a model version directory holding model.onnx; got {model_dir}")
+    server = ensure_server_image(progress)
+    tag = model_image_tag(name, version, sha256)
+    client = docker_client()
+    try:
+        existing = _local_image(client, tag)
+        if existing is not None and existing.labels.get("nbdeploy.server") == server:
+            return tag
+        _say(progress, f"building model image {tag}")
+        labels = {
+            "nbdeploy.managed": "true",
+            "nbdeploy.role": "model",
+            "nbdeploy.name": name,
+            "nbdeploy.version": str(int(version)),
+            "nbdeploy.sha256": sha256,
+            "nbdeploy.server": server,
+        }
+        dockerfile = MODEL_DOCKERFILE.format(
+            server=server, models_root=MODELS_ROOT, name=name, version=int(version)
+        )
+        with _context_tar() as (tar, context):
+            _add_bytes(tar, "Dockerfile", (dockerfile + _label_line(labels)).encode())
+            for path in sorted(model_dir.rglob("*")):
+                if path.is_file() and "__pycache__" not in path.parts:
+                    arcname = f"model/{path.relative_to(model_dir)}"
+                    tar.add(str(path), arcname=arcname, filter=_normalize)
+            tar.close()
+            _build(client, context, tag, progress)
+        return tag
+    finally:
+        client.close()
+
+
+def _ensure_base(client: Any, base: str, progress: Progress) -> str:
+    """The id of the base image, pulling it when it is not on the machine."""
+    import docker
+
+    image = _local_image(client, base)
+    if image is not None:
+        return str(image.id)
+    _say(progress, f"pulling base image {base}")
+    try:
+        return str(client.images.pull(base).id)
+    except docker.errors.APIError as exc:
+        raise DeployError(
+            f"base image {base} is not on this machine and could not be pulled; build one with "
+            f"scripts/docker-engine.sh (tag {LOCAL_BASE_IMAGE}) or set NBDEPLOY_BASE_IMAGE to a "
+            "local image with Python 3.11"
+        ) from exc
+
+
+def _local_image(client: Any, tag: str) -> Any:
+    import docker
+
+    try:
+        return client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _build(client: Any, context: IO[bytes], tag: str, progress: Progress) -> None:
+    """Run one image build with no network, streaming its log; raise with the last lines."""
+    import docker
+
+    recent: deque[str] = deque(maxlen=25)
+    context.seek(0)
+    try:
+        for chunk in client.api.build(
+            fileobj=context,
+            custom_context=True,
+            tag=tag,
+            rm=True,
+            forcerm=True,
+            decode=True,
+            network_mode="none",
+        ):
+            text = chunk.get("stream") or chunk.get("status") or ""
+            for line in text.splitlines():
+                if line.strip():
+                    recent.append(line.rstrip())
+                    _say(progress, line.rstrip())
+            if "error" in chunk:
+                recent.append(str(chunk["error"]).strip())
+                raise DeployError(f"building image {tag} failed:\n" + "\n".join(recent))
+    except docker.errors.APIError as exc:
+        raise DeployError(f"building image {tag} failed: {exc.explanation or exc}") from exc
+
+
+def _label_line(labels: dict[str, str]) -> str:
+    """One LABEL instruction for all labels: one build step instead of one per label."""
+    pairs = " ".join(f"{json.dumps(key)}={json.dumps(value)}" for key, value in labels.items())
+    return f"LABEL {pairs}\n"
+
+
+class _context_tar:
+    """A build context tar written to a temporary file (wheels are too big for memory)."""
+
+    def __enter__(self) -> tuple[tarfile.TarFile, IO[bytes]]:
+        self.file = tempfile.TemporaryFile(prefix="nbdeploy-context-")
+        self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.PAX_FORMAT)
+        return self.tar, self.file
+
+    def __exit__(self, *exc: object) -> None:
+        self.tar.close()
+        self.file.close()
+
+
+def _normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Root-owned, world-readable, fixed mtime: the non-root server can read it, caches hit."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mode = 0o755 if info.isdir() else 0o644
+    info.mtime = 0
+    return info
+
+
+def _add_bytes(tar: tarfile.TarFile, arcname: str, data: bytes) -> None:
+    info = _normalize(tarfile.TarInfo(arcname))
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _digest(data: str | bytes) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def _say(progress: Progress, line: str) -> None:
+    if progress is not None:
+        progress(line)

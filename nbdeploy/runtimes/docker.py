@@ -1,0 +1,219 @@
+"""The container runtime: one hardened container per deployment, found again by its labels.
+
+Containers run as a non-root user on a read-only root filesystem with every capability dropped,
+memory/CPU/pid limits, and a restart policy, bound to 127.0.0.1 only. Networking is a setting
+(``NBDEPLOY_DOCKER_NETWORK``): ``bridge`` publishes ``127.0.0.1:PORT``; ``host`` shares the
+host's network and the server binds 127.0.0.1 itself. Without the setting, ``bridge`` is used
+when the engine has its default bridge network, else ``host``. nbdeploy never creates networks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from nbdeploy._errors import DeployError
+from nbdeploy.image import USER_ID, build_model_image, docker_client
+from nbdeploy.runtimes import ensure_port_free
+from nbdeploy.runtimes.base import (
+    LaunchSpec,
+    Runtime,
+    RuntimeHandle,
+    Status,
+    local_url,
+    probe_ready,
+)
+
+NETWORK_MODES = ("host", "bridge")
+RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
+DEFAULT_RESTART = "unless-stopped"
+PIDS_LIMIT = 256
+TMPFS = {"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"}
+RUNTIME_TIMEOUT_S = 60
+
+
+def network_mode(client: Any) -> str:
+    """``NBDEPLOY_DOCKER_NETWORK``, else ``bridge`` when the engine has one, else ``host``."""
+    configured = os.environ.get("NBDEPLOY_DOCKER_NETWORK", "").strip()
+    if configured:
+        if configured not in NETWORK_MODES:
+            raise DeployError(
+                f"NBDEPLOY_DOCKER_NETWORK must be one of {', '.join(NETWORK_MODES)}; got {configured!r}"
+            )
+        return configured
+    names = {network.name for network in client.networks.list()}
+    return "bridge" if "bridge" in names else "host"
+
+
+def restart_policy() -> dict[str, str]:
+    """``NBDEPLOY_DOCKER_RESTART`` (default ``unless-stopped``): a server killed from outside
+    comes back, one stopped through nbdeploy or ``docker stop`` stays stopped."""
+    name = os.environ.get("NBDEPLOY_DOCKER_RESTART", "").strip() or DEFAULT_RESTART
+    if name not in RESTART_POLICIES:
+        raise DeployError(
+            f"NBDEPLOY_DOCKER_RESTART must be one of {', '.join(RESTART_POLICIES)}; got {name!r}"
+        )
+    return {"Name": name}
+
+
+def container_name(name: str, version: int, sha256: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-_.") or "model"
+    return f"nbdeploy-{slug}-v{int(version)}-{sha256[:8]}"
+
+
+class DockerRuntime(Runtime):
+    """Build the model image (reusing the shared server image) and run it as a container."""
+
+    name = "docker"
+
+    def __init__(self) -> None:
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = docker_client(timeout=RUNTIME_TIMEOUT_S)
+        return self._client
+
+    def start(self, spec: LaunchSpec) -> RuntimeHandle:
+        import docker
+
+        ensure_port_free(spec.port)
+        image = build_model_image(
+            spec.model_dir, spec.name, spec.version, spec.sha256, spec.progress
+        )
+        mode = network_mode(self.client)
+        name = container_name(spec.name, spec.version, spec.sha256)
+        self._remove_stale(name)
+        options: dict[str, Any] = {
+            "command": spec.server_args(),
+            "detach": True,
+            "name": name,
+            "user": str(USER_ID),
+            "read_only": True,
+            "tmpfs": TMPFS,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "pids_limit": PIDS_LIMIT,
+            "restart_policy": restart_policy(),
+            "environment": {
+                "NBDEPLOY_TOKEN": spec.token or "",
+                "NBDEPLOY_PORT": str(spec.port),
+                "NBDEPLOY_HOST": "127.0.0.1" if mode == "host" else "0.0.0.0",
+            },
+            "labels": {
+                "nbdeploy.managed": "true",
+                "nbdeploy.name": spec.name,
+                "nbdeploy.version": str(int(spec.version)),
+                "nbdeploy.sha256": spec.sha256,
+                "nbdeploy.port": str(spec.port),
+            },
+            "network_mode": mode,
+        }
+        if mode != "host":
+            options["ports"] = {f"{spec.port}/tcp": ("127.0.0.1", spec.port)}
+        if spec.memory:
+            options["mem_limit"] = spec.memory
+        if spec.cpus:
+            options["nano_cpus"] = int(spec.cpus * 1e9)
+        spec.say(f"starting container {name} ({mode} network) on 127.0.0.1:{spec.port}")
+        try:
+            container = self.client.containers.run(image, **options)
+        except docker.errors.APIError as exc:
+            self._remove_stale(name)
+            raise DeployError(
+                f"Docker could not start {name} from {image}: {exc.explanation or exc}"
+            ) from exc
+        return RuntimeHandle(
+            runtime=self.name,
+            ref=container.id,
+            name=spec.name,
+            version=int(spec.version),
+            port=spec.port,
+            url=local_url(spec.port),
+        )
+
+    def stop(self, handle: RuntimeHandle, timeout: float = 10) -> None:
+        import docker
+
+        container = self._container(handle.ref)
+        if container is None:
+            return
+        try:
+            container.stop(timeout=int(max(1, timeout)))
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            raise DeployError(
+                f"Docker could not stop {container.name}: {exc.explanation or exc}"
+            ) from exc
+
+    def status(self, handle: RuntimeHandle) -> Status:
+        container = self._container(handle.ref)
+        if container is None:
+            return "missing"
+        state = container.attrs.get("State", {})
+        if state.get("Restarting") or state.get("Status") == "restarting":
+            return "restarting"
+        if state.get("Status") == "created":
+            return "starting"
+        if state.get("Status") == "running":
+            return "running" if probe_ready(self.address(handle)) else "starting"
+        return "exited"
+
+    def logs(self, handle: RuntimeHandle, tail: int = 200) -> str:
+        container = self._container(handle.ref)
+        if container is None or tail <= 0:
+            return ""
+        output = container.logs(stdout=True, stderr=True, tail=tail)
+        return output.decode("utf-8", errors="replace")
+
+    def find(self, name: str) -> list[RuntimeHandle]:
+        containers = self.client.containers.list(
+            all=True, filters={"label": ["nbdeploy.managed=true", f"nbdeploy.name={name}"]}
+        )
+        handles = []
+        for container in containers:
+            labels = container.labels
+            try:
+                port = int(labels["nbdeploy.port"])
+                version = int(labels["nbdeploy.version"])
+            except (KeyError, ValueError):
+                continue
+            handles.append(
+                RuntimeHandle(
+                    runtime=self.name,
+                    ref=container.id,
+                    name=labels.get("nbdeploy.name", name),
+                    version=version,
+                    port=port,
+                    url=local_url(port),
+                )
+            )
+        return handles
+
+    def container(self, handle: RuntimeHandle) -> Any:
+        """The SDK container object for ``handle`` (None when gone), for inspection."""
+        return self._container(handle.ref)
+
+    def _container(self, ref: str) -> Any:
+        import docker
+
+        try:
+            return self.client.containers.get(ref)
+        except docker.errors.NotFound:
+            return None
+
+    def _remove_stale(self, name: str) -> None:
+        """Clear a stopped leftover with the same name; refuse to replace a live one."""
+        existing = self._container(name)
+        if existing is None:
+            return
+        if existing.status in ("running", "restarting"):
+            raise DeployError(
+                f"container {name} is already running (port {existing.labels.get('nbdeploy.port')}); "
+                "stop that deployment first"
+            )
+        existing.remove(force=True)
