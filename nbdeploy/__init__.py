@@ -27,6 +27,8 @@ _EXPORTS: dict[str, str] = {
     "Parity": "nbdeploy._types",
     "Quantization": "nbdeploy._types",
     "BenchmarkReport": "nbdeploy.bench",
+    "Endpoint": "nbdeploy.endpoint",
+    "DeployPanel": "nbdeploy.jupyter.panel",
     "NbdeployError": "nbdeploy._errors",
     "ExportError": "nbdeploy._errors",
     "ParityError": "nbdeploy._errors",
@@ -65,6 +67,15 @@ if TYPE_CHECKING:
     )
     from nbdeploy.artifact import ModelArtifact
     from nbdeploy.bench import BenchmarkReport
+    from nbdeploy.endpoint import Endpoint
+    from nbdeploy.jupyter.panel import DeployPanel
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbdeploy``: register the ``%deploy`` family of magics."""
+    from nbdeploy.jupyter.magics import load_ipython_extension as load
+
+    load(ipython)
 
 
 def __getattr__(name: str) -> Any:
