@@ -1,0 +1,327 @@
+"""``%deploy``, ``%deployments`` and ``%undeploy``: one line from a notebook to an endpoint.
+
+Thin by design: arguments are resolved in the user's namespace and handed to ``nbdeploy.api``;
+what comes back is rendered. Defaults are traitlets, so ``%config DeployMagic.runtime =
+"process"`` changes them for the session (or ``c.DeployMagic.runtime`` in a config file).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, Enum, Float
+
+from nbdeploy import api
+from nbdeploy._errors import NbdeployError
+from nbdeploy.jupyter import default_name, evaluate, launch_demo_url, model_kind
+from nbdeploy.jupyter.render import DeploymentTable, DeploySummary, progress_html
+
+if TYPE_CHECKING:
+    from nbdeploy.artifact import ModelArtifact
+    from nbdeploy.bench import BenchmarkReport
+    from nbdeploy.endpoint import Endpoint
+
+QUANTIZE_CHOICES = ("none", "int8", "fp16", "auto")
+RUNTIME_CHOICES = ("auto", "docker", "process")
+EAGER_FRAMEWORKS = ("torch", "keras", "sklearn")
+
+
+class DeployMagicError(UsageError):
+    """A failure shown as one readable line instead of a traceback.
+
+    IPython renders an exception through ``_render_traceback_`` when it has one; in a notebook
+    that becomes a regular (red) error output, in a terminal a single line.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[1;31mnbdeploy:\x1b[0m {self}"]
+
+
+class ProgressReporter:
+    """The ``progress=`` callback of ``nbd.deploy``: one live display in a notebook, lines in a terminal."""
+
+    def __init__(self, rich: bool) -> None:
+        self.rich = rich
+        self.steps: list[str] = []
+        self._handle: Any = None
+
+    def __call__(self, message: str) -> None:
+        self.steps.append(message)
+        if not self.rich:
+            print(f"  {message}", flush=True)
+            return
+        from IPython.display import HTML, display
+
+        view = HTML(progress_html(self.steps))
+        if self._handle is None:
+            self._handle = display(view, display_id=True)
+        else:
+            self._handle.update(view)
+
+    def finish(self, result: Any) -> None:
+        """Replace the live progress view with ``result`` (or show it below the printed lines)."""
+        from IPython.display import display
+
+        if self._handle is not None:
+            self._handle.update(result)
+        else:
+            display(result)
+
+
+def _unquote(token: str) -> str:
+    """IPython keeps quotes in magic arguments; a quoted expression means the text inside."""
+    if len(token) >= 2 and token[0] == token[-1] and token[0] in "'\"":
+        return token[1:-1]
+    return token
+
+
+@magics_class
+class DeployMagic(Magics):
+    """Deploy models from the notebook namespace; defaults settable with ``%config``."""
+
+    runtime = Enum(
+        RUNTIME_CHOICES,
+        default_value="auto",
+        help="Runtime when --runtime is not given: docker, process, or auto (docker if it answers).",
+    ).tag(config=True)
+    default_quantize = Enum(
+        QUANTIZE_CHOICES, default_value="none", help="Quantization when --quantize is not given."
+    ).tag(config=True)
+    auth = Bool(True, help="Protect new endpoints with a bearer token.").tag(config=True)
+    bench = Bool(False, help="Benchmark every deployment (as if --bench were given).").tag(
+        config=True
+    )
+    demo = Bool(False, help="Open a demo page for every deployment (as --demo).").tag(config=True)
+    bench_seconds = Float(
+        1.0, help="Seconds each --bench measurement runs (in-process: half of it per target)."
+    ).tag(config=True)
+    short_errors = Bool(
+        True,
+        help="Show nbdeploy errors as one line; False re-raises them with the full traceback.",
+    ).tag(config=True)
+
+    @property
+    def namespace(self) -> Mapping[str, Any]:
+        return self.shell.user_ns
+
+    @property
+    def rich(self) -> bool:
+        """True inside a Jupyter kernel, where HTML is rendered; False in terminal IPython."""
+        return getattr(self.shell, "kernel", None) is not None
+
+    @contextmanager
+    def readable_errors(self) -> Iterator[None]:
+        """Turn nbdeploy and usage errors into one line (unless ``short_errors`` is off)."""
+        try:
+            yield
+        except DeployMagicError:
+            raise
+        except (NbdeployError, UsageError) as exc:
+            if not self.short_errors:
+                raise
+            raise DeployMagicError(str(exc).strip() or type(exc).__name__) from exc
+
+    @magic_arguments()
+    @argument(
+        "model",
+        help="the variable (or expression) holding the model: a torch Module, Keras model,"
+        " scikit-learn estimator, ModelArtifact, or the path of an .onnx file",
+    )
+    @argument(
+        "-s",
+        "--sample",
+        metavar="EXPR",
+        help="a few real input rows to export and check with, e.g. x_test[:8]"
+        " (quote expressions with spaces)",
+    )
+    @argument("-n", "--name", help="deployment name (default: the model variable's name)")
+    @argument(
+        "-q",
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        help="quantize before serving; auto benchmarks int8 and fp16 and serves the fastest"
+        " accurate one (default: %%config DeployMagic.default_quantize)",
+    )
+    @argument(
+        "-r",
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        help="where the endpoint runs (default: %%config DeployMagic.runtime)",
+    )
+    @argument(
+        "--bench",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="benchmark in-process and over HTTP after deploying (default: DeployMagic.bench)",
+    )
+    @argument(
+        "--demo",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="open the endpoint's demo page (default: DeployMagic.demo)",
+    )
+    @argument("--labels", metavar="EXPR", help="class names for the outputs, e.g. class_names")
+    @argument("--port", type=int, help="port on 127.0.0.1 (default: a free one)")
+    @argument(
+        "--auth",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="require a bearer token on inference routes (default: DeployMagic.auth)",
+    )
+    @line_magic
+    def deploy(self, line: str) -> Endpoint:
+        """Export, check, (quantize,) serve MODEL as a local Open Inference Protocol endpoint.
+
+        Returns the Endpoint, so ``ep = %deploy model --sample x[:8]`` keeps a handle.
+        """
+        with self.readable_errors():
+            args = parse_argstring(self.deploy, line)
+            model_text = _unquote(args.model) if _is_quoted_expression(args.model) else args.model
+            model = evaluate(model_text, self.namespace, what="MODEL")
+            sample = self._expression(args.sample, "--sample")
+            labels = self._expression(args.labels, "--labels")
+            quantize = args.quantize or self.default_quantize
+            progress = ProgressReporter(self.rich)
+            endpoint = api.deploy(
+                model,
+                sample,
+                name=_unquote(args.name) if args.name else default_name(args.model, model),
+                quantize=None if quantize == "none" else quantize,
+                runtime=args.runtime or self.runtime,
+                labels=labels,
+                port=args.port,
+                auth=self.auth if args.auth is None else args.auth,
+                progress=progress,
+            )
+            progress.finish(
+                self._summary(
+                    endpoint,
+                    model,
+                    sample,
+                    progress,
+                    bench=self.bench if args.bench is None else args.bench,
+                    demo=self.demo if args.demo is None else args.demo,
+                )
+            )
+            return endpoint
+
+    def _expression(self, text: str | None, what: str) -> Any:
+        return None if text is None else evaluate(_unquote(text), self.namespace, what=what)
+
+    def _summary(
+        self,
+        endpoint: Endpoint,
+        model: Any,
+        sample: Any,
+        progress: ProgressReporter,
+        *,
+        bench: bool,
+        demo: bool,
+    ) -> DeploySummary:
+        """Everything after the endpoint is up; a failure here is a note, not a lost endpoint."""
+        from nbdeploy.bench import BenchmarkReport
+        from nbdeploy.repository import ModelRepository
+
+        served = ModelRepository().get(endpoint.name, endpoint.version)
+        selection = BenchmarkReport.from_dict(served.benchmark) if served.benchmark else None
+        notes: list[str] = []
+        measured = None
+        if bench:
+            measured = self._benchmark(endpoint, served, model, sample, progress, notes)
+        demo_url = None
+        if demo:
+            progress("demo: starting the demo page")
+            try:
+                demo_url = launch_demo_url(endpoint.name)
+            except NbdeployError as exc:
+                notes.append(f"demo: {exc}")
+            else:
+                if demo_url is None:
+                    notes.append("demo: this nbdeploy build has no demo pages (nbdeploy.demo)")
+        return DeploySummary.from_endpoint(
+            endpoint,
+            served,
+            report=measured or selection,
+            variants_report=selection or measured,
+            demo_url=demo_url,
+            notes=notes,
+            steps=progress.steps,
+        )
+
+    def _benchmark(
+        self,
+        endpoint: Endpoint,
+        served: ModelArtifact,
+        model: Any,
+        sample: Any,
+        progress: ProgressReporter,
+        notes: list[str],
+    ) -> BenchmarkReport | None:
+        """In-process (served variant, plus the original model) and over-HTTP figures, merged."""
+        from nbdeploy.bench_http import benchmark_endpoint
+
+        if sample is None:
+            notes.append("benchmark skipped: --bench needs --sample")
+            return None
+        targets: list[Any] = [served]
+        if model_kind(model) in EAGER_FRAMEWORKS:
+            targets.insert(0, model)
+        try:
+            progress("benchmark: in-process, batch sizes 1 and 8")
+            local = api.benchmark(
+                targets, sample, batch_sizes=(1, 8), time_budget_s=self.bench_seconds / 2
+            )
+            progress("benchmark: over HTTP, concurrency 1 and 4")
+            remote = benchmark_endpoint(
+                endpoint,
+                sample,
+                concurrency=(1, 4),
+                payloads=("binary",),
+                duration_s=self.bench_seconds,
+                warmup=2,
+            )
+        except NbdeployError as exc:
+            notes.append(f"benchmark failed: {exc}")
+            return None
+        return local.merge(remote)
+
+    @line_magic
+    def deployments(self, line: str = "") -> DeploymentTable:
+        """The deployments that run now: name, version, runtime, live status, URL."""
+        with self.readable_errors():
+            if line.strip():
+                raise UsageError(f"%deployments takes no arguments; got {line.strip()!r}")
+            return DeploymentTable(api.deployment_rows())
+
+    @magic_arguments()
+    @argument("names", nargs="*", metavar="NAME", help="deployments to stop")
+    @argument("--all", action="store_true", help="stop every running deployment")
+    @line_magic
+    def undeploy(self, line: str) -> None:
+        """Stop deployments by name, or all of them."""
+        with self.readable_errors():
+            args = parse_argstring(self.undeploy, line)
+            if bool(args.names) == args.all:
+                raise UsageError("give the names of deployments to stop, or --all (not both)")
+            names = [ep.name for ep in api.deployments()] if args.all else args.names
+            if not names:
+                print("nothing to stop: no deployments are running")
+            for name in names:
+                versions = api.undeploy(name)
+                print(f"stopped {name} (version {', '.join(map(str, versions))})")
+
+
+def _is_quoted_expression(token: str) -> bool:
+    """A quoted MODEL with spaces is an expression; a quoted path stays a string literal."""
+    return _unquote(token) != token and " " in token
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the magics (``%load_ext nbdeploy`` calls this through ``nbdeploy``)."""
+    ipython.register_magics(DeployMagic)

@@ -1,0 +1,435 @@
+"""DeployPanel: export, quantize, benchmark and deploy a notebook model from an ipywidgets UI.
+
+Every button makes one ``nbdeploy.api`` call. The call runs on a worker thread so the kernel
+stays free to process widget messages (the panel keeps updating while a model exports);
+``wait()`` joins that thread, which is how tests and scripts drive the panel without a browser.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ipywidgets as widgets
+
+from nbdeploy import api
+from nbdeploy._errors import NbdeployError
+from nbdeploy.jupyter import (
+    current_shell,
+    default_name,
+    evaluate,
+    find_models,
+    find_samples,
+    launch_demo_url,
+)
+from nbdeploy.jupyter.render import (
+    BenchmarkView,
+    esc,
+    size_text,
+    variant_rows,
+    variants_html,
+    variants_text,
+)
+
+QUANTIZE_CHOICES = ("none", "int8", "fp16", "auto")
+RUNTIME_CHOICES = ("auto", "docker", "process")
+NO_SAMPLE = ""
+MAX_LOG_LINES = 200
+# How far along a deploy is when its progress callback reports a stage.
+STAGE_PROGRESS = {
+    "export": 0.15,
+    "quantize": 0.35,
+    "benchmark": 0.5,
+    "register": 0.65,
+    "launch": 0.75,
+    "ready": 0.95,
+    "switch": 0.97,
+}
+LOG_STYLE = (
+    "font-family:monospace;font-size:85%;max-height:12em;overflow-y:auto;"
+    "white-space:pre-wrap;border:1px solid #d0d7de;border-radius:4px;padding:4px"
+)
+
+
+def _bundle(obj: Any) -> dict[str, Any]:
+    """An Output-widget display record built from the object's own reprs (no shell needed)."""
+    data = {"text/plain": repr(obj)}
+    if hasattr(obj, "_repr_html_"):
+        data["text/html"] = obj._repr_html_()
+    return {"output_type": "display_data", "data": data, "metadata": {}}
+
+
+class _VariantsView:
+    def __init__(self, rows: list[Any]) -> None:
+        self.rows = rows
+
+    def _repr_html_(self) -> str:
+        return variants_html(self.rows)
+
+    def __repr__(self) -> str:
+        return variants_text(self.rows)
+
+
+class DeploymentRow(widgets.HBox):
+    """One running deployment with its stop / logs / demo buttons."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.name: str = record["name"]
+        url = f"{record['url']}/v2/models/{record['name']}"
+        self.label = widgets.HTML(
+            f"<b>{esc(self.name)}</b> v{esc(record['version'])} &middot; {esc(record['runtime'])}"
+            f" &middot; {esc(record['status'])} &middot; <a href='{esc(url)}' target='_blank'>"
+            f"<code>{esc(url)}</code></a>"
+        )
+        self.stop_button = widgets.Button(description="stop", icon="stop", button_style="danger")
+        self.logs_button = widgets.Button(description="logs", icon="file-text")
+        self.demo_button = widgets.Button(description="demo", icon="external-link")
+        for button in (self.stop_button, self.logs_button, self.demo_button):
+            button.layout = widgets.Layout(width="auto")
+        super().__init__([self.label, self.stop_button, self.logs_button, self.demo_button])
+
+
+class DeployPanel(widgets.VBox):
+    """Pick a model and a sample from the namespace, then export / quantize / benchmark / deploy.
+
+    ``namespace`` defaults to the IPython user namespace; pass a dict outside IPython.
+    ``bench_seconds`` is the time budget of each benchmark measurement (target x batch size).
+    """
+
+    bench_seconds: float = 1.0
+
+    def __init__(self, namespace: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        if namespace is None:
+            shell = current_shell()
+            if shell is None:
+                raise NbdeployError(
+                    "DeployPanel looks for models in the IPython namespace; outside IPython pass"
+                    " namespace={'model': model, 'x': x}"
+                )
+            namespace = shell.user_ns
+        self.namespace = namespace
+        self.artifact: Any = None
+        self.variants: list[Any] = []
+        self.report: Any = None
+        self.endpoint: Any = None
+        self.log_lines: list[str] = []
+        self._log_html: list[str] = []
+        self._log_lock = threading.Lock()
+        self.last_error: str | None = None
+        self.deployment_rows: dict[str, DeploymentRow] = {}
+        self._worker: threading.Thread | None = None
+        self._busy = False
+        self._build_widgets()
+        super().__init__(self._layout(), **kwargs)
+        self.rescan()
+        self.refresh()
+
+    def _build_widgets(self) -> None:
+        wide = {"style": {"description_width": "70px"}}
+        self.model_picker = widgets.Dropdown(description="model", **wide)
+        self.sample_picker = widgets.Dropdown(description="sample", **wide)
+        self.sample_expression = widgets.Text(placeholder="or an expression, e.g. x_test[:8]")
+        self.rescan_button = widgets.Button(icon="refresh", tooltip="look for models again")
+        self.rescan_button.layout = widgets.Layout(width="40px")
+        self.name_box = widgets.Text(description="name", placeholder="variable name", **wide)
+        self.quantize_picker = widgets.Dropdown(
+            options=QUANTIZE_CHOICES, value="none", description="quantize", **wide
+        )
+        self.runtime_picker = widgets.Dropdown(
+            options=RUNTIME_CHOICES, value="auto", description="runtime", **wide
+        )
+        self.auth_box = widgets.Checkbox(value=True, description="require a bearer token")
+        self.export_button = widgets.Button(description="export", icon="cube")
+        self.quantize_button = widgets.Button(description="quantize", icon="compress")
+        self.benchmark_button = widgets.Button(description="benchmark", icon="tachometer")
+        self.deploy_button = widgets.Button(
+            description="deploy", icon="rocket", button_style="primary"
+        )
+        self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0)
+        self.status = widgets.Label("")
+        self.log_view = widgets.HTML("")
+        self.results = widgets.Output()
+        self.refresh_button = widgets.Button(description="refresh", icon="refresh")
+        self.deployments_box = widgets.VBox()
+        self.deployment_logs = widgets.HTML("")
+
+        self.rescan_button.on_click(lambda _: self.rescan())
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.export_button.on_click(lambda _: self._run_on_selection("export", self._export))
+        self.quantize_button.on_click(lambda _: self._run_on_selection("quantize", self._quantize))
+        self.benchmark_button.on_click(
+            lambda _: self._run_on_selection("benchmark", self._benchmark)
+        )
+        self.deploy_button.on_click(lambda _: self._run_on_selection("deploy", self._deploy))
+        for picker in (self.model_picker, self.sample_picker, self.sample_expression):
+            picker.observe(lambda _: self._forget_exports(), names="value")
+
+    def _layout(self) -> list[widgets.Widget]:
+        return [
+            widgets.HBox([self.model_picker, self.rescan_button]),
+            widgets.HBox([self.sample_picker, self.sample_expression]),
+            widgets.HBox([self.name_box, self.quantize_picker]),
+            widgets.HBox([self.runtime_picker, self.auth_box]),
+            widgets.HBox(
+                [
+                    self.export_button,
+                    self.quantize_button,
+                    self.benchmark_button,
+                    self.deploy_button,
+                ]
+            ),
+            widgets.HBox([self.progress, self.status]),
+            self.log_view,
+            self.results,
+            widgets.HTML("<b>deployments</b>"),
+            self.refresh_button,
+            self.deployments_box,
+            self.deployment_logs,
+        ]
+
+    @property
+    def action_buttons(self) -> list[widgets.Button]:
+        """The buttons that start work, disabled together while a task runs."""
+        buttons = [
+            self.export_button,
+            self.quantize_button,
+            self.benchmark_button,
+            self.deploy_button,
+        ]
+        for row in self.deployment_rows.values():
+            buttons += [row.stop_button, row.demo_button]
+        return buttons
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    @property
+    def log_text(self) -> str:
+        return "\n".join(self.log_lines)
+
+    def rescan(self) -> None:
+        """Look for model and array variables in the namespace again."""
+        models = find_models(self.namespace)
+        samples = find_samples(self.namespace)
+        keep_model, keep_sample = self.model_picker.value, self.sample_picker.value
+        self.model_picker.options = [(f"{name}: {kind}", name) for name, kind in models.items()]
+        if keep_model in models:
+            self.model_picker.value = keep_model
+        self.sample_picker.options = [("(none)", NO_SAMPLE)] + [
+            (f"{name}: {description}", name) for name, description in samples.items()
+        ]
+        self.sample_picker.value = keep_sample if keep_sample in samples else NO_SAMPLE
+        if not models:
+            self._log("no model variables found: define one, then press the refresh icon")
+
+    def refresh(self) -> None:
+        """Re-read the running deployments and their live status."""
+        try:
+            records = api.deployment_rows()
+        except NbdeployError as exc:
+            self._fail(str(exc))
+            return
+        rows = {record["name"]: DeploymentRow(record) for record in records}
+        for row in rows.values():
+            row.stop_button.on_click(lambda _, name=row.name: self.stop(name))
+            row.logs_button.on_click(lambda _, name=row.name: self.show_logs(name))
+            row.demo_button.on_click(lambda _, name=row.name: self.open_demo(name))
+            row.stop_button.disabled = row.demo_button.disabled = self._busy
+        self.deployment_rows = rows
+        self.deployments_box.children = list(rows.values()) or [
+            widgets.HTML("<i>no deployments are running</i>")
+        ]
+
+    def stop(self, name: str) -> None:
+        def task() -> None:
+            versions = api.undeploy(name)
+            self._log(f"stopped {name} (version {', '.join(map(str, versions))})")
+
+        self._start(f"stop {name}", task, then=self.refresh)
+
+    def show_logs(self, name: str) -> None:
+        try:
+            text = api.get(name).logs(tail=100)
+        except NbdeployError as exc:
+            self._fail(str(exc))
+            return
+        self.deployment_logs.value = (
+            f"<details open><summary>logs of {esc(name)}</summary>"
+            f"<div style='{LOG_STYLE}'>{esc(text or '(empty)')}</div></details>"
+        )
+
+    def open_demo(self, name: str) -> None:
+        def task() -> None:
+            url = launch_demo_url(name)
+            if url is None:
+                self._log("demo: this nbdeploy build has no demo pages (nbdeploy.demo)")
+            else:
+                self._log(f"demo of {name}: {url}", link=url)
+
+        self._start(f"demo {name}", task)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the current background task has finished."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+
+    def _selection(self) -> tuple[str, Any, Any]:
+        """The chosen model variable, the model and the sample, read on the caller's thread."""
+        variable = self.model_picker.value
+        if not variable:
+            raise NbdeployError("pick a model first (the model dropdown is empty)")
+        if variable not in self.namespace:
+            raise NbdeployError(f"the variable {variable!r} is gone; press the refresh icon")
+        expression = self.sample_expression.value.strip()
+        if expression:
+            sample = evaluate(expression, self.namespace, what="sample")
+        elif self.sample_picker.value:
+            sample = evaluate(self.sample_picker.value, self.namespace, what="sample")
+        else:
+            sample = None
+        return variable, self.namespace[variable], sample
+
+    def _name(self, variable: str, model: Any) -> str | None:
+        return self.name_box.value.strip() or default_name(variable, model)
+
+    def _forget_exports(self) -> None:
+        """A different model or sample makes earlier exports and variants stale."""
+        self.artifact, self.variants, self.report = None, [], None
+
+    def _run_on_selection(self, title: str, task: Callable[[str, Any, Any], None]) -> None:
+        """Resolve the model and sample here (widget values, user namespace), work off-thread."""
+        try:
+            variable, model, sample = self._selection()
+        except NbdeployError as exc:
+            self.last_error = None
+            self._fail(str(exc))
+            return
+        self._start(title, lambda: task(variable, model, sample))
+
+    def _start(
+        self, title: str, task: Callable[[], None], then: Callable[[], None] | None = None
+    ) -> None:
+        """Run ``task`` on the worker thread, buttons disabled, failures as one log line."""
+        if self._busy:
+            self._log(f"busy: {title} waits until the current task has finished")
+            return
+        self.last_error = None
+        self._set_busy(True, title)
+
+        def work() -> None:
+            try:
+                task()
+                self.progress.value = 1.0
+                self.status.value = f"{title}: done"
+            except NbdeployError as exc:
+                self._fail(str(exc))
+            except Exception as exc:
+                self._fail(f"{type(exc).__name__}: {exc}")
+            finally:
+                self._set_busy(False, None)
+                if then is not None:
+                    then()
+
+        self._worker = threading.Thread(target=work, name=f"nbdeploy-panel-{title}", daemon=True)
+        self._worker.start()
+
+    def _set_busy(self, busy: bool, title: str | None) -> None:
+        self._busy = busy
+        for button in self.action_buttons:
+            button.disabled = busy
+        if busy:
+            self.progress.value = 0.0
+            self.progress.bar_style = "info"
+            self.status.value = f"{title}..."
+        elif self.last_error is None:
+            self.progress.bar_style = "success"
+
+    def _log(self, line: str, *, link: str | None = None, error: bool = False) -> None:
+        """Append one line; called from the worker thread too, hence the lock."""
+        if link is not None:
+            rendered = f"<a href='{esc(link)}' target='_blank'>{esc(line)}</a>"
+        elif error:
+            rendered = f"<span style='color:#cf222e'>{esc(line)}</span>"
+        else:
+            rendered = esc(line)
+        with self._log_lock:
+            self.log_lines.append(line)
+            self._log_html.append(rendered)
+            shown = "<br>".join(self._log_html[-MAX_LOG_LINES:])
+            self.log_view.value = f"<div style='{LOG_STYLE}'>{shown}</div>"
+
+    def _fail(self, message: str) -> None:
+        self.last_error = message
+        self.progress.bar_style = "danger"
+        self.status.value = "failed"
+        self._log(f"error: {message}", error=True)
+
+    def _progress(self, message: str) -> None:
+        """The ``progress=`` callback of the core calls: log the line, move the bar."""
+        self._log(message)
+        stage = message.split(":", 1)[0].strip()
+        if stage in STAGE_PROGRESS:
+            self.progress.value = max(self.progress.value, STAGE_PROGRESS[stage])
+
+    def _show(self, *objects: Any) -> None:
+        self.results.outputs = tuple(_bundle(obj) for obj in objects)
+
+    def _ensure_export(self, variable: str, model: Any, sample: Any) -> Any:
+        if self.artifact is None:
+            self._progress("export: converting to ONNX and checking parity")
+            self.artifact = api.export(model, sample, name=self._name(variable, model))
+            parity = self.artifact.parity or "no parity check: ONNX input"
+            size = size_text(self.artifact.size_bytes)
+            self._progress(f"export: {self.artifact.label}, {size}, parity {parity}")
+        return self.artifact
+
+    def _export(self, variable: str, model: Any, sample: Any) -> None:
+        self._forget_exports()
+        artifact = self._ensure_export(variable, model, sample)
+        self._show(_VariantsView(variant_rows([artifact])))
+
+    def _quantize(self, variable: str, model: Any, sample: Any) -> None:
+        artifact = self._ensure_export(variable, model, sample)
+        mode = self.quantize_picker.value
+        modes = ("int8", "fp16") if mode in ("none", "auto") else (mode,)
+        self._progress(f"quantize: {', '.join(modes)}")
+        self.variants = api.quantize(artifact, modes, calibration=sample)
+        for variant in self.variants:
+            state = "ok" if variant.ok else f"not usable: {variant.quantization.reason}"
+            self._log(f"quantize: {variant.variant} {size_text(variant.size_bytes)}, {state}")
+        self._show(_VariantsView(variant_rows([artifact, *self.variants], self.report)))
+
+    def _benchmark(self, variable: str, model: Any, sample: Any) -> None:
+        if sample is None:
+            raise NbdeployError("benchmark needs a sample: pick an array or type an expression")
+        artifact = self._ensure_export(variable, model, sample)
+        self._progress("benchmark: measuring every variant at batch sizes 1 and 8")
+        self.report = api.benchmark(
+            [artifact, *self.variants],
+            sample,
+            batch_sizes=(1, 8),
+            time_budget_s=self.bench_seconds,
+        )
+        best = self.report.best()
+        self._log(f"benchmark: fastest at batch 1: {best or 'n/a'}")
+        self._show(
+            _VariantsView(variant_rows([artifact, *self.variants], self.report)),
+            BenchmarkView(self.report),
+        )
+
+    def _deploy(self, variable: str, model: Any, sample: Any) -> None:
+        quantize = self.quantize_picker.value
+        self.endpoint = api.deploy(
+            self.artifact if self.artifact is not None else model,
+            sample,
+            name=self._name(variable, model),
+            quantize=None if quantize == "none" else quantize,
+            runtime=self.runtime_picker.value,
+            auth=self.auth_box.value,
+            progress=self._progress,
+        )
+        self._log(f"deployed {self.endpoint.name} v{self.endpoint.version}: {self.endpoint.url}")
+        self.refresh()

@@ -1,0 +1,418 @@
+"""Rich (HTML) and plain-text views of deployments, variants and benchmarks.
+
+The magic and the panel show the same things; every view here is an object with both
+``_repr_html_`` and a plain ``__repr__``, so IPython picks HTML in a notebook and text in a
+terminal without the caller having to know which it is in.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nbdeploy._types import Signature
+from nbdeploy.artifact import ModelArtifact
+from nbdeploy.bench import BenchmarkReport
+
+MAX_INLINE_ELEMENTS = 4096
+CARD_STYLE = (
+    "border:1px solid #d0d7de;border-radius:6px;padding:8px 12px;margin:4px 0;"
+    "font-family:var(--jp-ui-font-family, sans-serif)"
+)
+PRE_STYLE = (
+    "background:var(--jp-layout-color2, #f6f8fa);padding:6px 8px;border-radius:4px;"
+    "white-space:pre-wrap;word-break:break-all;user-select:all;margin:2px 0 8px 0"
+)
+TABLE_STYLE = "border-collapse:collapse;font-size:90%"
+CELL_STYLE = "padding:2px 8px;border-bottom:1px solid #e1e4e8;text-align:left"
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    head = "".join(f"<th style='{CELL_STYLE}'>{esc(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td style='{CELL_STYLE}'>{esc(cell)}</td>" for cell in row) + "</tr>"
+        for row in rows
+    )
+    return (
+        f"<table style='{TABLE_STYLE}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def size_text(size_bytes: int | None) -> str:
+    if size_bytes is None:
+        return ""
+    if size_bytes < 1024 * 1024:
+        return f"{size_bytes / 1024:.1f} KiB"
+    return f"{size_bytes / (1024 * 1024):.2f} MiB"
+
+
+def figure_png(figure: Any) -> bytes:
+    """A matplotlib Figure as PNG bytes (works with no pyplot backend configured)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
+def img_tag(png: bytes, alt: str) -> str:
+    encoded = base64.b64encode(png).decode("ascii")
+    return f"<img alt='{esc(alt)}' src='data:image/png;base64,{encoded}' style='max-width:100%'>"
+
+
+def has_measurements(report: BenchmarkReport | None) -> bool:
+    return report is not None and any(r.ok and r.p50_ms is not None for r in report.results)
+
+
+@dataclass
+class VariantRow:
+    variant: str
+    size_bytes: int | None = None
+    max_abs_error: float | None = None
+    top1_agreement: float | None = None
+    accuracy_delta: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    throughput: float | None = None
+    served: bool = False
+    note: str = ""
+
+    def cells(self) -> list[str]:
+        return [
+            self.variant + (" (served)" if self.served else ""),
+            size_text(self.size_bytes),
+            f"{self.max_abs_error:.2g}" if self.max_abs_error is not None else "",
+            f"{self.top1_agreement:.1%}" if self.top1_agreement is not None else "",
+            f"{self.accuracy_delta:+.1%}" if self.accuracy_delta is not None else "",
+            _ms(self.p50_ms),
+            _ms(self.p99_ms),
+            f"{self.throughput:,.0f}" if self.throughput is not None else "",
+            self.note,
+        ]
+
+
+VARIANT_HEADERS = (
+    "variant",
+    "size",
+    "max abs err",
+    "top-1 agree",
+    "acc. delta",
+    "p50 ms",
+    "p99 ms",
+    "samples/s",
+    "note",
+)
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None and math.isfinite(value) else ""
+
+
+def variant_rows(
+    artifacts: Sequence[ModelArtifact],
+    report: BenchmarkReport | None = None,
+    *,
+    served: str | None = None,
+) -> list[VariantRow]:
+    """One row per ONNX variant: what quantization cost (size, parity, accuracy) and bought.
+
+    Latencies are the report's in-process onnxruntime rows at the smallest batch size measured.
+    """
+    rows: dict[str, VariantRow] = {}
+    for artifact in artifacts:
+        row = rows.setdefault(artifact.variant, VariantRow(artifact.variant))
+        row.size_bytes = _safe_size(artifact)
+        if artifact.parity is not None:
+            row.max_abs_error = artifact.parity.max_abs_error
+            row.top1_agreement = artifact.parity.top1_agreement
+        quantization = artifact.quantization
+        if quantization is not None:
+            row.accuracy_delta = quantization.accuracy_delta
+            if quantization.status != "ok":
+                row.note = f"{quantization.status}: {quantization.reason or ''}".strip()
+    if report is not None:
+        in_process = [r for r in report.results if r.engine == "onnxruntime" and r.concurrency == 1]
+        batch = min((r.batch_size for r in in_process), default=1)
+        for result in in_process:
+            if result.batch_size != batch:
+                continue
+            row = rows.setdefault(result.variant or result.target, VariantRow(result.variant or ""))
+            row.size_bytes = row.size_bytes or result.size_bytes
+            row.p50_ms, row.p99_ms, row.throughput = result.p50_ms, result.p99_ms, result.throughput
+            if not result.ok and not row.note:
+                row.note = f"{result.status}: {result.note or ''}".strip()
+    if served in rows:
+        rows[served].served = True
+    return list(rows.values())
+
+
+def _safe_size(artifact: ModelArtifact) -> int | None:
+    try:
+        return artifact.size_bytes
+    except OSError:
+        return None
+
+
+def variants_html(rows: Sequence[VariantRow]) -> str:
+    return html_table(VARIANT_HEADERS, [row.cells() for row in rows])
+
+
+def variants_text(rows: Sequence[VariantRow]) -> str:
+    return text_table(VARIANT_HEADERS, [row.cells() for row in rows])
+
+
+@dataclass
+class BenchmarkView:
+    """A benchmark report shown as its table plus its latency plot."""
+
+    report: BenchmarkReport
+    title: str = "benchmark"
+
+    def _repr_html_(self) -> str:
+        parts = [f"<div style='{CARD_STYLE}'><b>{esc(self.title)}</b>", self.report._repr_html_()]
+        if has_measurements(self.report):
+            parts.append(img_tag(figure_png(self.report.plot()), "latency plot"))
+        return "".join(parts) + "</div>"
+
+    def __repr__(self) -> str:
+        return f"{self.title}\n{self.report.table()}"
+
+
+def example_payload(signature: Signature) -> tuple[dict[str, Any], int]:
+    """A V2 request of zeros matching the signature (batch 1), and its element count."""
+    inputs, total = [], 0
+    for spec in signature.inputs:
+        shape = [1 if dim < 0 else dim for dim in spec.shape]
+        count = math.prod(shape)
+        total += count
+        inputs.append(
+            {
+                "name": spec.name,
+                "shape": shape,
+                "datatype": spec.datatype,
+                "data": [_zero(spec.datatype)] * count,
+            }
+        )
+    return {"inputs": inputs}, total
+
+
+def _zero(datatype: str) -> Any:
+    return {"BOOL": False, "BYTES": ""}.get(datatype, 0)
+
+
+def curl_snippet(url: str, name: str, token: str | None, signature: Signature) -> str:
+    payload, elements = example_payload(signature)
+    lines = [f"curl -s -X POST {url}/v2/models/{name}/infer \\"]
+    if token:
+        lines.append(f"  -H 'Authorization: Bearer {token}' \\")
+    lines.append("  -H 'Content-Type: application/json' \\")
+    if elements <= MAX_INLINE_ELEMENTS:
+        lines.append(f"  -d '{json.dumps(payload, separators=(',', ':'))}'")
+    else:
+        lines.append("  -d @request.json   # a V2 request body with the inputs shown below")
+    return "\n".join(lines)
+
+
+def python_snippet(url: str, name: str, token: str | None, signature: Signature) -> str:
+    inputs = []
+    for spec in signature.inputs:
+        shape = [1 if dim < 0 else dim for dim in spec.shape]
+        zero = repr(_zero(spec.datatype))
+        inputs.append(
+            f'        {{"name": {json.dumps(spec.name)}, "shape": {shape}, "datatype": "{spec.datatype}",'
+            f' "data": [{zero}] * {math.prod(shape)}}},'
+        )
+    headers = f'{{"Authorization": "Bearer {token}"}}' if token else "{}"
+    return "\n".join(
+        [
+            "import nbdeploy as nbd",
+            f'ep = nbd.get("{name}")   # also after a kernel restart',
+            "# ep.predict(x)  -> numpy in, numpy out",
+            "",
+            "import httpx   # or any HTTP client: the endpoint speaks Open Inference Protocol v2",
+            "response = httpx.post(",
+            f'    "{url}/v2/models/{name}/infer",',
+            f"    headers={headers},",
+            '    json={"inputs": [',
+            *inputs,
+            "    ]},",
+            ")",
+            'print(response.json()["outputs"])',
+        ]
+    )
+
+
+@dataclass
+class DeploySummary:
+    """What ``%deploy`` ends with: where the endpoint is, what it serves, how fast, how to call it."""
+
+    name: str
+    version: int
+    runtime: str
+    url: str
+    status: str
+    token: str | None
+    signature: Signature
+    variants: list[VariantRow] = field(default_factory=list)
+    report: BenchmarkReport | None = None
+    demo_url: str | None = None
+    notes: list[str] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_endpoint(
+        cls,
+        endpoint: Any,
+        served: ModelArtifact,
+        *,
+        report: BenchmarkReport | None = None,
+        variants_report: BenchmarkReport | None = None,
+        demo_url: str | None = None,
+        notes: Sequence[str] = (),
+        steps: Sequence[str] = (),
+    ) -> DeploySummary:
+        """``report`` is shown in full; ``variants_report`` (default: ``report``) fills the
+        latency columns of the variants table."""
+        return cls(
+            name=endpoint.name,
+            version=endpoint.version,
+            runtime=endpoint.runtime,
+            url=endpoint.url,
+            status=endpoint.status,
+            token=endpoint.token,
+            signature=served.signature,
+            variants=variant_rows([served], variants_report or report, served=served.variant),
+            report=report,
+            demo_url=demo_url,
+            notes=list(notes),
+            steps=list(steps),
+        )
+
+    @property
+    def infer_url(self) -> str:
+        return f"{self.url}/v2/models/{self.name}/infer"
+
+    @property
+    def headline(self) -> str:
+        return f"{self.name} v{self.version} is {self.status} on the {self.runtime} runtime"
+
+    def curl(self) -> str:
+        return curl_snippet(self.url, self.name, self.token, self.signature)
+
+    def python(self) -> str:
+        return python_snippet(self.url, self.name, self.token, self.signature)
+
+    def _repr_html_(self) -> str:
+        color = "#1a7f37" if self.status == "running" else "#9a6700"
+        parts = [
+            f"<div style='{CARD_STYLE}'>",
+            f"<div style='font-size:110%'><b style='color:{color}'>&#9679;</b> "
+            f"<b>{esc(self.name)}</b> v{self.version} is <b>{esc(self.status)}</b> "
+            f"on the {esc(self.runtime)} runtime</div>",
+            f"<div>endpoint: <a href='{esc(self.url)}/v2/models/{esc(self.name)}' "
+            f"target='_blank'><code>{esc(self.infer_url)}</code></a></div>",
+        ]
+        if self.demo_url:
+            parts.append(
+                f"<div>demo: <a href='{esc(self.demo_url)}' target='_blank'>"
+                f"{esc(self.demo_url)}</a></div>"
+            )
+        parts.extend(f"<div style='color:#9a6700'>{esc(note)}</div>" for note in self.notes)
+        parts.append("<h4 style='margin:8px 0 2px 0'>variants</h4>")
+        parts.append(variants_html(self.variants))
+        if self.report is not None:
+            parts.append("<h4 style='margin:8px 0 2px 0'>benchmark</h4>")
+            parts.append(self.report._repr_html_())
+            if has_measurements(self.report):
+                parts.append(img_tag(figure_png(self.report.plot()), "latency plot"))
+        parts.append("<h4 style='margin:8px 0 2px 0'>call it</h4>")
+        parts.append(f"<pre style='{PRE_STYLE}'>{esc(self.curl())}</pre>")
+        parts.append(f"<pre style='{PRE_STYLE}'>{esc(self.python())}</pre>")
+        if self.steps:
+            steps = "".join(f"<div>{esc(step)}</div>" for step in self.steps)
+            parts.append(
+                f"<details><summary>steps ({len(self.steps)})</summary>"
+                f"<div style='font-family:monospace;font-size:85%'>{steps}</div></details>"
+            )
+        parts.append("</div>")
+        return "".join(parts)
+
+    def __repr__(self) -> str:
+        lines = [self.headline, f"endpoint: {self.infer_url}"]
+        if self.demo_url:
+            lines.append(f"demo:     {self.demo_url}")
+        lines.extend(f"note:     {note}" for note in self.notes)
+        lines += ["", variants_text(self.variants)]
+        if self.report is not None:
+            lines += ["", self.report.table()]
+        lines += ["", "curl:", self.curl(), "", "python:", self.python()]
+        return "\n".join(lines)
+
+
+DEPLOYMENT_HEADERS = ("name", "version", "runtime", "status", "url", "created")
+
+
+@dataclass
+class DeploymentTable:
+    """What ``%deployments`` returns: the rows as data, shown as a table."""
+
+    rows: list[dict[str, Any]]
+
+    @property
+    def names(self) -> list[str]:
+        return [row["name"] for row in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _cells(self) -> list[list[str]]:
+        return [
+            [
+                str(row.get("name", "")),
+                str(row.get("version", "")),
+                str(row.get("runtime", "")),
+                str(row.get("status", "")),
+                f"{row.get('url', '')}/v2/models/{row.get('name', '')}",
+                str(row.get("created_at", ""))[:19],
+            ]
+            for row in self.rows
+        ]
+
+    def _repr_html_(self) -> str:
+        if not self.rows:
+            return "<i>no deployments are running</i>"
+        return html_table(DEPLOYMENT_HEADERS, self._cells())
+
+    def __repr__(self) -> str:
+        if not self.rows:
+            return "no deployments are running"
+        return text_table(DEPLOYMENT_HEADERS, self._cells())
+
+
+def progress_html(steps: Sequence[str], *, done: bool = False) -> str:
+    """The live view ``%deploy`` updates in place while it works."""
+    items = "".join(f"<div>{esc(step)}</div>" for step in steps[:-1])
+    current = steps[-1] if steps else "starting"
+    marker = "&#10003;" if done else "&#8987;"
+    return (
+        f"<div style='{CARD_STYLE};font-family:monospace;font-size:90%'>"
+        f"<div style='color:#57606a'>{items}</div><div><b>{marker} {esc(current)}</b></div></div>"
+    )
