@@ -27,7 +27,7 @@ def export(
     The returned artifact records its signature and its parity with the original; an export
     beyond ``atol``/``rtol`` raises :class:`ParityError` showing the numbers.
     """
-    from nbdeploy.export import export_model
+    from nbdeploy.exporters import export_model
 
     return export_model(model, sample, name=name, labels=labels, atol=atol, rtol=rtol, opset=opset)
 
@@ -80,7 +80,7 @@ def _as_artifact(value: ModelArtifact | str | Path) -> ModelArtifact:
         path = Path(value)
         if path.is_dir():
             return ModelArtifact.load(path)
-        from nbdeploy.export import export_model
+        from nbdeploy.exporters import export_model
 
         return export_model(path, None, name=None)
     from nbdeploy._errors import NbdeployError

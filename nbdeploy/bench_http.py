@@ -90,7 +90,9 @@ def _closed_loop(
     except httpx.HTTPError as exc:
         for client in clients:
             client.close()
-        raise BenchmarkError(f"the endpoint at {endpoint.url} failed during warm-up: {exc}") from exc
+        raise BenchmarkError(
+            f"the endpoint at {endpoint.url} failed during warm-up: {exc}"
+        ) from exc
     start_gate = threading.Barrier(workers + 1)
     deadline = 0.0
 
