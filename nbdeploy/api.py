@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from nbdeploy.artifact import ModelArtifact
 
 if TYPE_CHECKING:
+    from nbdeploy.bench import BenchmarkReport
     from nbdeploy.endpoint import Endpoint
 
 
@@ -50,12 +51,35 @@ def benchmark(
     sample: Any,
     *,
     batch_sizes: Sequence[int] = (1, 8),
+    concurrency: Sequence[int] = (1, 4, 16),
     **options: Any,
-) -> Any:
-    """Measure latency and throughput of artifacts (and their original model) on ``sample``."""
-    from nbdeploy.bench import benchmark as run_benchmark
+) -> BenchmarkReport:
+    """Measure latency and throughput on ``sample``: in-process for models and artifacts,
+    over HTTP (a closed-loop sweep over ``concurrency``, JSON and binary) for Endpoints.
 
-    return run_benchmark(targets, sample, batch_sizes=batch_sizes, **options)
+    ``targets`` may mix both; the rows land in one BenchmarkReport.
+    """
+    from nbdeploy.bench import benchmark as run_in_process
+    from nbdeploy.endpoint import Endpoint
+
+    items = list(targets) if isinstance(targets, list | tuple) else [targets]
+    endpoints = [t for t in items if isinstance(t, Endpoint)]
+    others = [t for t in items if not isinstance(t, Endpoint)]
+    http_options = {k: options.pop(k) for k in ("payloads", "duration_s") if k in options}
+    report = (
+        run_in_process(others, sample, batch_sizes=batch_sizes, **options)
+        if others or not endpoints
+        else None
+    )
+    if endpoints:
+        from nbdeploy.bench_http import benchmark_endpoint
+
+        for endpoint in endpoints:
+            http = benchmark_endpoint(
+                endpoint, sample, concurrency=concurrency, batch_sizes=batch_sizes, **http_options
+            )
+            report = http if report is None else report.merge(http)
+    return report
 
 
 def register(artifact: ModelArtifact | str | Path, *, name: str | None = None) -> ModelArtifact:

@@ -63,7 +63,10 @@ def load(source: Any) -> Any:
 
 
 def tidy(proto: Any) -> Any:
-    """Drop duplicate opset imports (skl2onnx writes the default domain twice)."""
+    """Drop duplicate opset imports (skl2onnx writes the default domain twice) and per-node
+    debug metadata (the dynamo exporter records stack traces there: ~100 KB that every
+    served copy and quantized variant would carry)."""
+    _drop_node_metadata(proto.graph)
     seen: dict[str, int] = {}
     for entry in proto.opset_import:
         domain = entry.domain or ""
@@ -73,6 +76,16 @@ def tidy(proto: Any) -> Any:
         for domain, version in seen.items():
             proto.opset_import.add(domain=domain, version=version)
     return proto
+
+
+def _drop_node_metadata(graph: Any) -> None:
+    for node in graph.node:
+        del node.metadata_props[:]
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                _drop_node_metadata(attr.g)
+            for sub in attr.graphs:
+                _drop_node_metadata(sub)
 
 
 def rename_io(proto: Any, renames: Mapping[str, str]) -> Any:
