@@ -35,6 +35,8 @@ SERVER_PACKAGES: tuple[str, ...] = (
     "numpy",
     "starlette",
     "uvicorn",
+    "httptools",
+    "uvloop",
     "prometheus-client",
 )
 TARGET_PYTHON = "3.11"
@@ -259,8 +261,11 @@ def serve_sources() -> dict[str, bytes]:
     return files
 
 
-def ensure_server_image(progress: Progress = None) -> str:
-    """The tag of the shared server image, built only when no image for this content exists."""
+def ensure_server_image(progress: Progress = None, *, rebuild: bool = False) -> str:
+    """The tag of the shared server image, built only when no image for this content exists.
+
+    ``rebuild`` builds it again from scratch, without Docker's layer cache (to time a cold build).
+    """
     client = docker_client()
     try:
         base = base_image(client)
@@ -280,7 +285,7 @@ def ensure_server_image(progress: Progress = None) -> str:
             )
         )[:16]
         tag = f"{SERVER_REPOSITORY}:{key}"
-        if _local_image(client, tag) is not None:
+        if not rebuild and _local_image(client, tag) is not None:
             return tag
         _say(progress, f"building server image {tag} from {base}")
         with _context_tar() as (tar, context):
@@ -291,7 +296,7 @@ def ensure_server_image(progress: Progress = None) -> str:
             for path, data in sources.items():
                 _add_bytes(tar, f"app/nbdeploy/{path}", data)
             tar.close()
-            _build(client, context, tag, progress)
+            _build(client, context, tag, progress, nocache=rebuild)
         return tag
     finally:
         client.close()
@@ -373,7 +378,9 @@ def _local_image(client: Any, tag: str) -> Any:
         return None
 
 
-def _build(client: Any, context: IO[bytes], tag: str, progress: Progress) -> None:
+def _build(
+    client: Any, context: IO[bytes], tag: str, progress: Progress, *, nocache: bool = False
+) -> None:
     """Run one image build with no network, streaming its log; raise with the last lines."""
     import docker
 
@@ -388,6 +395,7 @@ def _build(client: Any, context: IO[bytes], tag: str, progress: Progress) -> Non
             forcerm=True,
             decode=True,
             network_mode="none",
+            nocache=nocache,
         ):
             text = chunk.get("stream") or chunk.get("status") or ""
             for line in text.splitlines():

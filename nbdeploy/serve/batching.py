@@ -1,7 +1,9 @@
 """Dynamic batching: concurrent requests to one model version become one onnxruntime run.
 
 Requests wait in a queue for at most ``max_queue_delay`` after the oldest one arrived, or until
-``max_batch_size`` rows of the same shape are waiting; then the group is concatenated along
+``max_batch_size`` rows of the same shape are waiting. The wait is adaptive: it happens only
+while as many requests are expected as the previous run merged, so a lone client never waits
+and concurrent clients are gathered into one run as soon as they are all back. Then the group is concatenated along
 axis 0, run on the model version's own worker thread (so the event loop never blocks) and the
 outputs are split back into views, one per request. Requests whose non-batch dimensions differ
 are never merged. If a merged run fails, every request in it is retried alone so that one bad
@@ -57,6 +59,7 @@ class Batcher:
         self.max_rows = max_batch_size
         self.delay = max_queue_delay_s
         self._waiting: deque[_Item] = deque()
+        self._last_group = 1
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -128,6 +131,7 @@ class Batcher:
                     pass
                 continue
             group = self._take_group(pending)
+            self._last_group = len(group)
             try:
                 await self._run(group)
             except Exception as exc:
@@ -141,8 +145,10 @@ class Batcher:
         first = pending[0]
         if not self.enabled or self._closing or first.key is None:
             return 0.0
-        rows = sum(item.rows for item in pending if item.key == first.key)
-        if rows >= self.max_rows:
+        mergeable = [item for item in pending if item.key == first.key]
+        if sum(item.rows for item in mergeable) >= self.max_rows:
+            return 0.0
+        if len(mergeable) >= self._last_group:
             return 0.0
         return max(0.0, first.enqueued + self.delay - time.perf_counter())
 

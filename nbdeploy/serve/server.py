@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         AccessLog(create_app(state), metrics),
         host=args.host,
         port=args.port,
-        loop="asyncio",
+        loop="auto",
         http="auto",
         ws="none",
         lifespan="on",
