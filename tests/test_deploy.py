@@ -17,6 +17,7 @@ import nbdeploy as nbd
 from nbdeploy import cli
 from nbdeploy._errors import DeployError, NbdeployError
 from nbdeploy.bench_http import benchmark_endpoint
+from nbdeploy.runtimes import docker_available
 from nbdeploy.store import Store
 from tests.onnx_models import save_linear
 
@@ -130,11 +131,18 @@ def test_reattach_from_another_process(onnx_file: Path, nbdeploy_home: Path, cle
     np.testing.assert_allclose(np.array(eval(out[1])), want, rtol=1e-5)
 
 
-def test_blue_green_switch_under_load(tmp_path: Path, cleanup) -> None:
+@pytest.mark.parametrize("runtime", ["process", pytest.param("docker", marks=pytest.mark.docker)])
+def test_blue_green_switch_under_load(
+    tmp_path: Path, cleanup, runtime: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A client looping through nbd.get() while a new version deploys sees no failed request."""
+    if runtime == "docker":
+        if not docker_available():
+            pytest.skip("no Docker engine answers: run scripts/docker-engine.sh to start one")
+        monkeypatch.setenv("NBDEPLOY_DOCKER_NETWORK", "host")
     v1_path = save_linear(tmp_path / "v1.onnx", seed=0)
     v2_path = save_linear(tmp_path / "v2.onnx", seed=1)
-    first = nbd.deploy(v1_path, name="bg", runtime="process")
+    first = nbd.deploy(v1_path, name="bg", runtime=runtime)
     stop = threading.Event()
     seen: list[np.ndarray] = []
     failures: list[BaseException] = []
@@ -149,7 +157,7 @@ def test_blue_green_switch_under_load(tmp_path: Path, cleanup) -> None:
     thread = threading.Thread(target=client_loop)
     thread.start()
     try:
-        second = nbd.deploy(v2_path, name="bg", runtime="process")
+        second = nbd.deploy(v2_path, name="bg", runtime=runtime)
         for _ in range(200):
             if len(seen) > 20 and np.allclose(seen[-1], expected(v2_path), atol=1e-5):
                 break
