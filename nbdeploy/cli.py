@@ -139,7 +139,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from nbdeploy.quickstart import run_quickstart
 
-    run_quickstart(name=args.name, out=print)
+    run_quickstart(name=args.name, runtime=args.runtime, out=print)
     return 0
 
 
@@ -205,9 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.set_defaults(handler=cmd_rollback)
 
     quick = sub.add_parser(
-        "quickstart", help="train a small digits model, export, quantize, benchmark and register it"
+        "quickstart", help="train a digits CNN, export, quantize, benchmark and deploy it"
     )
     quick.add_argument("--name", default="digits", help="model name (default: digits)")
+    quick.add_argument("--runtime", choices=("auto", "docker", "process"), default="auto")
     quick.set_defaults(handler=cmd_quickstart)
     return parser
 

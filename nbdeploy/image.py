@@ -40,6 +40,9 @@ SERVER_PACKAGES: tuple[str, ...] = (
     "prometheus-client",
 )
 TARGET_PYTHON = "3.11"
+# Raw pip / docker build output reaches the progress callback behind this prefix, so a surface
+# can show stages alone and keep the detail for a log view.
+DETAIL_PREFIX = "  | "
 # Debian bookworm (both base images) has glibc 2.36: every manylinux tag up to it fits.
 PLATFORMS: tuple[str, ...] = (
     "manylinux2014_x86_64",
@@ -210,7 +213,7 @@ def _pip_download(pins: list[str], dest: Path, progress: Progress) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line.rstrip())
-            _say(progress, line.rstrip())
+            _say(progress, DETAIL_PREFIX + line.rstrip())
     if proc.returncode != 0:
         raise DeployError(
             "could not download the server's wheels from the package index (pip download exited "
@@ -401,7 +404,7 @@ def _build(
             for line in text.splitlines():
                 if line.strip():
                     recent.append(line.rstrip())
-                    _say(progress, line.rstrip())
+                    _say(progress, DETAIL_PREFIX + line.rstrip())
             if "error" in chunk:
                 recent.append(str(chunk["error"]).strip())
                 raise DeployError(f"building image {tag} failed:\n" + "\n".join(recent))

@@ -50,37 +50,65 @@ def train_digits_cnn(x: np.ndarray, y: np.ndarray, epochs: int = 40) -> Any:
     return model.eval()
 
 
-def run_quickstart(name: str = "digits", out: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, export, quantize, benchmark and register the digits CNN; report each stage."""
+def run_quickstart(
+    name: str = "digits", runtime: str = "auto", out: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Train, export, quantize, benchmark and deploy the digits CNN; report each stage."""
     import nbdeploy.api as api
     from nbdeploy.optimize import select_auto
 
     started = time.perf_counter()
     x_train, x_test, y_train, y_test = digits_data()
-    out(f"[1/5] training a small CNN on scikit-learn's digits ({len(x_train)} images)")
+    out(f"[1/6] training a small CNN on scikit-learn's digits ({len(x_train)} images)")
     model = train_digits_cnn(x_train, y_train)
 
-    out("[2/5] exporting to ONNX and checking parity with PyTorch")
+    out("[2/6] exporting to ONNX and checking parity with PyTorch")
     artifact = api.export(model, x_test[:8], name=name, labels=[str(d) for d in range(10)])
     out(f"      {artifact.path}  parity: {artifact.parity}")
 
-    out("[3/5] quantizing (int8 static QDQ, fp16) and checking accuracy")
+    out("[3/6] quantizing (int8 static QDQ, fp16) and checking accuracy on held-out digits")
     variants = api.quantize(artifact, ("int8", "fp16"), calibration=x_test, labels=y_test)
     for variant in variants:
         q = variant.quantization
         status = "ok" if variant.ok else f"not usable: {q.reason}"
         out(
-            f"      {variant.variant:<12} {variant.size_bytes / 1024:8.1f} KiB  {variant.parity}  {status}"
+            f"      {variant.variant:<12} {variant.size_bytes / 1024:8.1f} KiB"
+            f"  accuracy delta {q.accuracy_delta:+.3f}  {variant.parity}  {status}"
         )
 
-    out("[4/5] benchmarking torch eager vs onnxruntime variants")
+    out("[4/6] benchmarking torch eager vs onnxruntime variants")
     report = api.benchmark([artifact, *variants], x_test[:8], batch_sizes=(1, 8))
     out(report.table())
-
     chosen = select_auto(artifact, variants, report.latency_ms(batch_size=1))
-    out(f"[5/5] registering {chosen.label} (fastest variant with >= 99% top-1 agreement)")
-    registered = api.register(chosen, name=name)
-    out(f"      {registered.name} version {registered.version} at {registered.directory}")
+
+    out(f"[5/6] deploying {chosen.label} (fastest variant with >= 99% top-1 agreement)")
+    from nbdeploy.image import DETAIL_PREFIX
+
+    def stage(line: str) -> None:
+        if not line.startswith(DETAIL_PREFIX):
+            out(f"      {line}")
+
+    endpoint = api.deploy(chosen, name=name, runtime=runtime, progress=stage)
+    http = api.benchmark(endpoint, x_test[:1], batch_sizes=(1,), concurrency=(1, 4), duration_s=2.0)
+    out(http.table())
+
+    out("[6/6] checking the endpoint against the held-out digits")
+    predicted = endpoint.predict(x_test).argmax(axis=1)
+    accuracy = float((predicted == y_test).mean())
+    out(f"      endpoint accuracy on {len(y_test)} held-out digits: {accuracy:.1%}")
     elapsed = time.perf_counter() - started
+    out("")
+    out(
+        f"{endpoint.name} v{endpoint.version} ({chosen.variant}, {endpoint.runtime} runtime) is serving:"
+    )
+    out(f"  endpoint: {endpoint.url}/v2/models/{endpoint.name}")
+    out(f"  token:    {endpoint.token}")
+    out(f"  try:      nbdeploy status {name}   |   nbdeploy logs {name}   |   nbdeploy stop {name}")
     out(f"done in {elapsed:.1f} s")
-    return {"artifact": artifact, "variants": variants, "report": report, "registered": registered}
+    return {
+        "artifact": artifact,
+        "variants": variants,
+        "report": report.merge(http),
+        "endpoint": endpoint,
+        "accuracy": accuracy,
+    }

@@ -148,7 +148,7 @@ def test_build_failure_raises_with_the_build_log(
         ) as error:
             image.ensure_server_image(lines.append)
         assert "python3" in str(error.value)  # the failing step's own output is in the message
-        assert lines and lines[-1] in str(error.value)
+        assert lines and lines[-1].removeprefix(image.DETAIL_PREFIX) in str(error.value)
     finally:
         _remove_with_descendants(client, base_id)
 
