@@ -11,8 +11,9 @@ setup:
 engine:
 	./scripts/docker-engine.sh
 
-## make demo: set up, then train a digits CNN, export, quantize, benchmark and register it
+## make demo: set up, train a digits CNN, export, quantize, benchmark, deploy; print the URLs
 demo: setup
+	./scripts/docker-engine.sh || echo "No Docker engine could be started: the process runtime will serve."
 	$(VENV)/bin/nbdeploy quickstart
 
 ## make test: set up, start a real Docker engine, lint, then run every test
@@ -23,5 +24,6 @@ lint: setup
 	$(VENV)/bin/ruff check nbdeploy tests benchmarks
 	$(VENV)/bin/ruff format --check nbdeploy tests benchmarks
 
-bench: setup
+bench: setup engine
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_endpoint.py

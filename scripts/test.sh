@@ -9,11 +9,17 @@ echo "[test] lint"
 "$VENV/bin/ruff" check nbdeploy tests benchmarks
 "$VENV/bin/ruff" format --check nbdeploy tests benchmarks
 
-if [ -x scripts/docker-engine.sh ]; then
-  echo "[test] Docker engine and base image"
-  ./scripts/docker-engine.sh
+echo "[test] Docker engine and base image"
+./scripts/docker-engine.sh
+
+# The server's wheelhouse is downloaded once per machine, not once per run.
+export NBDEPLOY_CACHE=${NBDEPLOY_CACHE:-$HOME/.cache/nbdeploy}
+mkdir -p test-artifacts "$NBDEPLOY_CACHE"
+
+if [ "${CI:-}" = "true" ]; then
+  # On CI the machine is ours: leave no test container behind, whatever happens.
+  trap 'docker ps -aq --filter label=nbdeploy.managed=true | xargs -r docker rm -f >/dev/null 2>&1 || true' EXIT
 fi
 
 echo "[test] pytest"
-mkdir -p test-artifacts
 "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
