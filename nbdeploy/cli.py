@@ -136,6 +136,21 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from nbdeploy.demo import launch_demo, stop_demo
+
+    if args.stop:
+        stopped = stop_demo(args.name)
+        print(
+            f"stopped the demo of {args.name}" if stopped else f"no demo of {args.name} was running"
+        )
+        return 0
+    server = launch_demo(args.name, port=args.port)
+    print(f"demo of {args.name}: {server.url}")
+    print(f"  stop it with: nbdeploy demo {args.name} --stop")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from nbdeploy.quickstart import run_quickstart
 
@@ -203,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", type=int, default=None, help="version (default: the previous)"
     )
     rollback.set_defaults(handler=cmd_rollback)
+
+    demo = sub.add_parser("demo", help="open (or stop) the Voila demo page of a deployment")
+    demo.add_argument("name")
+    demo.add_argument(
+        "--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)"
+    )
+    demo.add_argument("--stop", action="store_true", help="stop the demo server instead")
+    demo.set_defaults(handler=cmd_demo)
 
     quick = sub.add_parser(
         "quickstart", help="train a digits CNN, export, quantize, benchmark and deploy it"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,7 @@ def prepare_artifact(
         _say(progress, "export: converting to ONNX and checking parity")
         artifact = api.export(model, sample, name=name, labels=labels)
         _say(progress, f"export: done ({artifact.parity or 'no parity check: ONNX input'})")
-    if labels is not None and artifact.labels is None:
-        artifact.labels = list(labels)
+    artifact = _with_serving_metadata(artifact, sample=sample, labels=labels)
     if quantize in (None, "none"):
         return artifact, None
 
@@ -86,6 +86,25 @@ def prepare_artifact(
     chosen = select_auto(artifact, variants, report.latency_ms(batch_size=1))
     _say(progress, f"quantize: auto picked {chosen.variant}")
     return chosen, report.to_dict()
+
+
+def _with_serving_metadata(
+    artifact: ModelArtifact, *, sample: Any, labels: Sequence[str] | None
+) -> ModelArtifact:
+    """A copy of ``artifact`` carrying class labels and the input preprocessing the demo page
+    needs (read from the sample); the caller's artifact is left as it was."""
+    from nbdeploy.preprocess import describe_inputs
+
+    metadata = dict(artifact.metadata)
+    if "preprocessing" not in metadata:
+        metadata["preprocessing"] = describe_inputs(
+            artifact.signature, sample, kind=artifact.input_kind
+        )
+    return replace(
+        artifact,
+        labels=artifact.labels if artifact.labels is not None or labels is None else list(labels),
+        metadata=metadata,
+    )
 
 
 def deploy(

@@ -234,12 +234,14 @@ def _make_variant(
         "evaluation_rows": _rows(evaluation.feeds),
         "onnxruntime_version": _ort_version(),
     }
+    if "preprocessing" in artifact.metadata:
+        metadata["preprocessing"] = artifact.metadata["preprocessing"]
     try:
         if mode == "fp16":
-            metadata["preprocess"] = "not used for fp16"
+            metadata["quant_pre_process"] = "not used for fp16"
             _convert_fp16(artifact.path, output)
         else:
-            metadata["preprocess"] = preprocess
+            metadata["quant_pre_process"] = preprocess
             metadata.update(_quantize_int8(mode, requested_as, ops, prepared, output, evaluation))
     except Exception as exc:
         reason = f"onnxruntime could not produce the {mode} model: {_one_line(exc)}"

@@ -96,6 +96,9 @@ def run_quickstart(
     predicted = endpoint.predict(x_test).argmax(axis=1)
     accuracy = float((predicted == y_test).mean())
     out(f"      endpoint accuracy on {len(y_test)} held-out digits: {accuracy:.1%}")
+    from nbdeploy.demo import launch_demo
+
+    demo = launch_demo(name)
     elapsed = time.perf_counter() - started
     out("")
     out(
@@ -103,7 +106,9 @@ def run_quickstart(
     )
     out(f"  endpoint: {endpoint.url}/v2/models/{endpoint.name}")
     out(f"  token:    {endpoint.token}")
-    out(f"  try:      nbdeploy status {name}   |   nbdeploy logs {name}   |   nbdeploy stop {name}")
+    out(f"  demo:     {demo.url}")
+    out(f"  try:      nbdeploy status {name}  |  nbdeploy logs {name}  |  nbdeploy stop {name}")
+    out(f"            nbdeploy demo {name} --stop")
     out(f"done in {elapsed:.1f} s")
     return {
         "artifact": artifact,
@@ -111,4 +116,5 @@ def run_quickstart(
         "report": report.merge(http),
         "endpoint": endpoint,
         "accuracy": accuracy,
+        "demo_url": demo.url,
     }

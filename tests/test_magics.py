@@ -258,3 +258,19 @@ def test_in_a_notebook_the_summary_is_html_and_errors_are_error_outputs(tmp_path
 
     assert "<table" in listed[0].data["text/html"] and "nb1" in listed[0].data["text/html"]
     assert [o.output_type for o in notebook.cells[4].outputs] == []
+
+
+def test_demo_flag_starts_the_demo_page(ip, linear, capsys):
+    import httpx
+
+    from nbdeploy.demo import running_demos, stop_demo
+
+    ip.run_line_magic("deploy", "path --sample x[:4] --name t9 --runtime process --demo")
+    out = capsys.readouterr().out
+    match = re.search(r"^demo: +(http://127\.0\.0\.1:\d+/\S*)", out, re.MULTILINE)
+    assert match, out
+    try:
+        assert httpx.get(match.group(1), timeout=60).status_code == 200
+        assert "t9" in [server.name for server in running_demos()]
+    finally:
+        assert stop_demo("t9")

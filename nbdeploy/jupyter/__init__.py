@@ -154,15 +154,11 @@ def find_samples(namespace: Mapping[str, Any]) -> dict[str, str]:
     return found
 
 
-def launch_demo_url(name: str) -> str | None:
-    """Start the demo page of deployment ``name`` and return its URL.
+def launch_demo_url(name: str) -> str:
+    """Start (or reuse) the Voila demo page of deployment ``name`` and return its URL.
 
-    The single place both surfaces open demos from; None when this build has no demo module.
+    The single place the magic and the panel open demos from.
     """
-    try:
-        from nbdeploy.demo import launch_demo
-    except ModuleNotFoundError as exc:
-        if exc.name == "nbdeploy.demo":
-            return None
-        raise
-    return launch_demo(name)
+    from nbdeploy.demo import launch_demo
+
+    return launch_demo(name).url

@@ -241,9 +241,6 @@ class DeployMagic(Magics):
                 demo_url = launch_demo_url(endpoint.name)
             except NbdeployError as exc:
                 notes.append(f"demo: {exc}")
-            else:
-                if demo_url is None:
-                    notes.append("demo: this nbdeploy build has no demo pages (nbdeploy.demo)")
         return DeploySummary.from_endpoint(
             endpoint,
             served,

@@ -263,10 +263,7 @@ class DeployPanel(widgets.VBox):
     def open_demo(self, name: str) -> None:
         def task() -> None:
             url = launch_demo_url(name)
-            if url is None:
-                self._log("demo: this nbdeploy build has no demo pages (nbdeploy.demo)")
-            else:
-                self._log(f"demo of {name}: {url}", link=url)
+            self._log(f"demo of {name}: {url}", link=url)
 
         self._start(f"demo {name}", task)
 

@@ -1,0 +1,437 @@
+"""Voila demo pages: one generated notebook per deployment, and the Voila server that shows it.
+
+``write_demo`` builds ``NBDEPLOY_HOME/demos/<name>.ipynb`` from the registered model's signature
+and metadata: a parameters cell (endpoint URL, token, model name) at the top, the demo spec, and
+the standalone page code of :mod:`nbdeploy._demo_template`, so the file runs anywhere with
+numpy, pillow and ipywidgets. ``launch_demo`` serves it with Voila on 127.0.0.1 as a detached
+subprocess recorded in ``demos/<name>.json``, so another process (the CLI, a restarted kernel)
+can find it again and ``stop_demo`` it without ever signalling a recycled pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pprint
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nbdeploy import _settings
+from nbdeploy._errors import DeployError
+from nbdeploy.artifact import ModelArtifact
+
+TEMPLATE_FILE = Path(__file__).with_name("_demo_template.py")
+DEFAULT_TOP_K = 5
+KERNEL_NAME = "python3"
+CULL_IDLE_SECONDS = 900
+
+# Voila servers started by this interpreter, so their exit status is collected (no zombies).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclass
+class DemoServer:
+    """A running Voila server showing one deployment's demo page."""
+
+    name: str
+    url: str
+    port: int
+    pid: int
+    notebook: str
+    log_path: str
+    start_time: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        return _alive(self.pid, self.start_time)
+
+    def stop(self) -> bool:
+        return stop_demo(self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def _repr_html_(self) -> str:
+        return f'demo of <b>{self.name}</b>: <a href="{self.url}" target="_blank">{self.url}</a>'
+
+
+def demo_path(name: str) -> Path:
+    return _settings.demos_dir() / f"{name}.ipynb"
+
+
+def _record_path(name: str) -> Path:
+    return _settings.demos_dir() / f"{name}.json"
+
+
+def _log_path(name: str) -> Path:
+    return _settings.demos_dir() / f"{name}.voila.log"
+
+
+def _class_output(artifact: ModelArtifact) -> str | None:
+    """The output the top-k chart reads: the one whose width matches the labels, else 2-D."""
+    outputs = artifact.signature.outputs
+    if artifact.labels:
+        count = len(artifact.labels)
+        for spec in outputs:
+            width = spec.shape[-1] if spec.shape else None
+            if width == count or (count == 2 and width == 1):
+                return spec.name
+    for spec in outputs:
+        if len(spec.shape) == 2 and spec.dtype.startswith("float"):
+            return spec.name
+    return outputs[0].name if outputs else None
+
+
+def demo_spec(artifact: ModelArtifact, *, top_k: int = DEFAULT_TOP_K) -> dict[str, Any]:
+    """Everything the page needs to know about the model, as plain JSON-able data.
+
+    Uses the preprocessing recorded at deploy time; without it, infers one from the signature
+    and the recorded input kind (no sample: images are assumed to be scaled to [0, 1]).
+    """
+    from nbdeploy.preprocess import describe_inputs
+
+    preprocessing = artifact.metadata.get("preprocessing") or describe_inputs(
+        artifact.signature, None, kind=artifact.input_kind
+    )
+    return {
+        "model": artifact.name,
+        "version": artifact.version,
+        "variant": artifact.variant,
+        "framework": artifact.framework,
+        "kind": preprocessing["kind"],
+        "preprocessing": preprocessing,
+        "inputs": [spec.to_dict() for spec in artifact.signature.inputs],
+        "output": _class_output(artifact),
+        "labels": artifact.labels,
+        "top_k": int(top_k),
+    }
+
+
+def _intro(spec: dict[str, Any]) -> str:
+    what = {
+        "image": "Upload a picture (or draw one) and press **Predict**.",
+        "tabular": "Fill in the features and press **Predict**.",
+        "text": "Type some text and press **Predict**.",
+    }.get(spec["kind"], "Edit the request's inputs (JSON) and press **Predict**.")
+    facts = [f"version {spec['version']}", spec["variant"], spec["framework"]]
+    return (
+        f"# {spec['model']}: live demo\n\n"
+        f"{' · '.join(str(f) for f in facts if f)}. {what} The page calls the model's Open"
+        " Inference Protocol (V2) endpoint and shows the top labels and the request latency."
+    )
+
+
+def build_notebook(spec: dict[str, Any], *, url: str, token: str | None) -> Any:
+    """The demo notebook: parameters first, then the spec, the page code and its display."""
+    import nbformat
+    from nbformat import v4
+
+    parameters = v4.new_code_cell(
+        "# Parameters: where the endpoint is and how to call it.\n"
+        f"ENDPOINT_URL = {url!r}\n"
+        f"TOKEN = {token!r}\n"
+        f"MODEL_NAME = {spec['model']!r}"
+    )
+    parameters.metadata["tags"] = ["parameters"]
+    spec_cell = v4.new_code_cell(f"DEMO = {pprint.pformat(spec, width=100, sort_dicts=False)}")
+    code_cell = v4.new_code_cell(TEMPLATE_FILE.read_text())
+    for cell in (spec_cell, code_cell):
+        cell.metadata["jupyter"] = {"source_hidden": True}
+    notebook = v4.new_notebook(
+        cells=[
+            v4.new_markdown_cell(_intro(spec)),
+            parameters,
+            spec_cell,
+            code_cell,
+            v4.new_code_cell("show_demo(ENDPOINT_URL, TOKEN, MODEL_NAME, DEMO)"),
+        ],
+        metadata={
+            "kernelspec": {
+                "name": KERNEL_NAME,
+                "display_name": "Python 3 (ipykernel)",
+                "language": "python",
+            },
+            "language_info": {"name": "python"},
+            "nbdeploy": {"model": spec["model"], "version": spec["version"]},
+        },
+    )
+    nbformat.validate(notebook)
+    return notebook
+
+
+def write_demo(
+    name: str,
+    *,
+    directory: str | Path | None = None,
+    top_k: int = DEFAULT_TOP_K,
+) -> Path:
+    """(Re)generate the demo notebook of the active deployment ``name``; returns its path.
+
+    The file holds the endpoint's token, so it is written readable by its owner only.
+    """
+    import nbformat
+
+    from nbdeploy.deployment import get
+    from nbdeploy.repository import ModelRepository
+
+    endpoint = get(name)
+    artifact = ModelRepository().get(name, endpoint.version)
+    notebook = build_notebook(
+        demo_spec(artifact, top_k=top_k), url=endpoint.url, token=endpoint.token
+    )
+    target = Path(directory) / f"{name}.ipynb" if directory is not None else demo_path(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        nbformat.write(notebook, handle)
+    os.replace(scratch, target)
+    return target
+
+
+# ``python -m voila``, minus one import: jsonschema loads ``rfc3987_syntax`` (if installed) for
+# its "iri" format check, and that module compiles a Lark grammar at import time, about 2.5 s of
+# Voila's start on a small CPU for a check Voila never needs. Blocking it makes jsonschema skip
+# that one format, as it does wherever the package is absent.
+VOILA_BOOTSTRAP = (
+    "import sys; sys.modules.setdefault('rfc3987_syntax', None); "
+    "from voila.app import main; sys.exit(main())"
+)
+
+
+def voila_command(notebook: Path, port: int) -> list[str]:
+    """Voila from this interpreter, bound to 127.0.0.1 on exactly ``port``, sources stripped."""
+    return [
+        sys.executable,
+        "-c",
+        VOILA_BOOTSTRAP,
+        str(notebook),
+        "--no-browser",
+        f"--port={port}",
+        "--Voila.ip=127.0.0.1",
+        "--Voila.port_retries=0",
+        "--strip_sources=True",
+        "--show_tracebacks=False",
+        "--theme=light",
+        # A kernel per page view: reclaim those whose browser left without closing them.
+        f"--MappingKernelManager.cull_idle_timeout={CULL_IDLE_SECONDS}",
+        "--MappingKernelManager.cull_interval=60",
+    ]
+
+
+def voila_env() -> dict[str, str]:
+    """This environment, with this interpreter's kernelspec first and the same NBDEPLOY_HOME.
+
+    Voila picks the notebook's ``python3`` kernel from the Jupyter data path; putting
+    ``sys.prefix/share/jupyter`` first makes it this venv's ipykernel, not a user-wide one.
+    """
+    env = dict(os.environ)
+    data_dir = str(Path(sys.prefix) / "share" / "jupyter")
+    env["JUPYTER_PATH"] = os.pathsep.join(p for p in (data_dir, env.get("JUPYTER_PATH")) if p)
+    env["NBDEPLOY_HOME"] = str(_settings.home())
+    env["PYTHONUNBUFFERED"] = "1"
+    package_parent = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def launch_demo(
+    name: str,
+    *,
+    port: int | None = None,
+    open_browser: bool = False,
+    timeout: float = 60.0,
+) -> DemoServer:
+    """Write the demo of ``name`` and serve it with Voila on 127.0.0.1; returns the server.
+
+    A demo server already running for ``name`` is reused (Voila reads the notebook on every
+    page load, so it shows the regenerated file) unless a different ``port`` is asked for.
+    """
+    from nbdeploy.runtimes import ensure_port_free, free_port
+
+    notebook = write_demo(name)
+    current = _running(name)
+    if current is not None and (port is None or port == current.port):
+        server = current
+    else:
+        if current is not None:
+            stop_demo(name)
+        if port is not None:
+            ensure_port_free(port)
+        server = _start(name, notebook, port if port is not None else free_port(), timeout)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    return server
+
+
+def _start(name: str, notebook: Path, port: int, timeout: float) -> DemoServer:
+    log_path = _log_path(name)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            voila_command(notebook, port),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=notebook.parent,
+            env=voila_env(),
+            start_new_session=True,
+        )
+    _children[proc.pid] = proc
+    server = DemoServer(
+        name=name,
+        url=f"http://127.0.0.1:{port}/",
+        port=port,
+        pid=proc.pid,
+        notebook=str(notebook),
+        log_path=str(log_path),
+        start_time=_start_time(proc.pid),
+    )
+    _record_path(name).write_text(json.dumps(server.to_dict(), indent=2))
+    deadline = time.monotonic() + timeout
+    while not _answers(server.port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = _tail(log_path)
+            stop_demo(name)
+            state = (
+                "exited" if proc.poll() is not None else f"did not answer within {timeout:.0f} s"
+            )
+            raise DeployError(f"the Voila server for {name!r} {state}; its log ends with:\n{tail}")
+        time.sleep(0.1)
+    return server
+
+
+def _answers(port: int) -> bool:
+    """True once Voila's HTTP server responds (a static route: loading the page runs a kernel)."""
+    url = f"http://127.0.0.1:{port}/voila/static/"
+    try:
+        with urllib.request.urlopen(url, timeout=1.0):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _load_record(path: Path) -> DemoServer | None:
+    try:
+        return DemoServer(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _running(name: str) -> DemoServer | None:
+    server = _load_record(_record_path(name))
+    if server is None or not server.alive:
+        return None
+    return server
+
+
+def running_demos() -> list[DemoServer]:
+    """Every demo server started from this NBDEPLOY_HOME that is still running."""
+    servers = (_load_record(path) for path in sorted(_settings.demos_dir().glob("*.json")))
+    return [server for server in servers if server is not None and server.alive]
+
+
+def stop_demo(name: str, timeout: float = 10.0) -> bool:
+    """Stop the demo server of ``name``; True if one was running. Voila shuts its kernels down."""
+    record = _record_path(name)
+    server = _load_record(record)
+    stopped = False
+    if server is not None and server.alive:
+        _signal(server.pid, signal.SIGTERM, group=False)
+        deadline = time.monotonic() + timeout
+        while _alive(server.pid, None) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(server.pid, None):
+            _signal(server.pid, signal.SIGKILL, group=True)
+        _reap(server.pid)
+        stopped = True
+    with contextlib.suppress(FileNotFoundError):
+        record.unlink()
+    return stopped
+
+
+def voila_extension_path(name: str, root_dir: str | Path) -> str:
+    """The demo's path under a Jupyter server's own Voila extension: ``voila/render/...``.
+
+    Append it to the server's base URL. The demo must lie under the server's ``root_dir``
+    (e.g. start JupyterLab in NBDEPLOY_HOME, or ``write_demo(name, directory=...)`` inside it).
+    """
+    notebook = demo_path(name).resolve()
+    root = Path(root_dir).expanduser().resolve()
+    try:
+        relative = notebook.relative_to(root)
+    except ValueError:
+        raise DeployError(
+            f"the demo {notebook} is outside the Jupyter server's root {root}; write it inside"
+            f" with write_demo({name!r}, directory=...)"
+        ) from None
+    return f"voila/render/{relative.as_posix()}"
+
+
+def _reap(pid: int) -> None:
+    child = _children.pop(pid, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=5)
+
+
+def _proc_fields(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name (state first), or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _proc_fields(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def _alive(pid: int, start_time: str | None) -> bool:
+    """True when ``pid`` runs, is no zombie, and (given its start time) is the same process."""
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    fields = _proc_fields(pid)
+    if fields is None:
+        return not Path("/proc").is_dir()
+    if fields[0] in ("Z", "X"):
+        return False
+    return start_time is None or fields[19] == start_time
+
+
+def _signal(pid: int, sig: signal.Signals, *, group: bool) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
