@@ -5,9 +5,17 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 
 ./scripts/setup.sh
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "[test] installing Debian's chromium for the browser tests"
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+fi
+echo "[test] JupyterLab extension"
+./scripts/build-labextension.sh
 echo "[test] lint"
 "$VENV/bin/ruff" check nbdeploy tests benchmarks
 "$VENV/bin/ruff" format --check nbdeploy tests benchmarks
+VENV_BIN=$(cd "$VENV" && pwd)/bin
+(cd labextension && PATH="$VENV_BIN:$PATH" jlpm lint:check)
 
 echo "[test] Docker engine and base image"
 ./scripts/docker-engine.sh

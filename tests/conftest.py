@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ("pytest_jupyter.jupyter_server",)
+
 
 @pytest.fixture(scope="session")
 def nbdeploy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

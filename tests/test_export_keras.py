@@ -53,7 +53,7 @@ def test_keras_sequential(sequential):
     assert [(s.name, s.dtype, s.shape) for s in sig.inputs] == [("input", "float32", (-1, 64))]
     assert [(s.name, s.dtype, s.shape) for s in sig.outputs] == [("output", "float32", (-1, 10))]
     assert isinstance(sig.opset, int) and art.framework == "keras"
-    assert art.framework_version == keras.__version__ and art.name == "sequential"
+    assert art.framework_version == keras.__version__ and art.name == sequential.name
     assert art.metadata["exporter"] == "keras" and "tensorflow" in art.metadata["versions"]
     assert art.parity.passed and art.parity.max_abs_error < 1e-5
     assert art.parity.top1_agreement == 1.0 and art.input_kind == "tabular"

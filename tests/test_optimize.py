@@ -162,7 +162,9 @@ def test_transformer_int8_is_small_after_preprocessing(exports):
 
     assert variant.variant == "int8-dynamic"
     assert variant.ok, variant.quantization.reason
-    assert not variant.metadata["quant_pre_process"].startswith("none"), variant.metadata["quant_pre_process"]
+    assert not variant.metadata["quant_pre_process"].startswith("none"), variant.metadata[
+        "quant_pre_process"
+    ]
     assert variant.quantization.size_ratio <= 0.3
     assert variant.size_bytes <= 0.3 * fp32.size_bytes
     assert "MatMulInteger" in _op_types(variant.path)

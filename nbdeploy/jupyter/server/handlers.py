@@ -1,0 +1,201 @@
+"""REST routes under ``<base_url>/nbdeploy/api/``: HTTP in, one ``nbdeploy.api`` call, JSON out.
+
+Core calls block (SQLite, the runtime, the model files), so each runs in a worker thread and
+the Jupyter server stays responsive. Errors are ``{"error": "..."}`` with 400 for a bad
+request, 404 for an unknown deployment or version, 409 when the deployment's state refuses
+the action, 502 when its endpoint does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from http.client import responses
+from typing import Any
+
+import httpx
+import tornado.web
+from jupyter_server.base.handlers import APIHandler
+from tornado.web import HTTPError
+
+from nbdeploy import api
+from nbdeploy._errors import DeployError, NbdeployError, RepositoryError
+from nbdeploy.endpoint import Endpoint
+from nbdeploy.jupyter.server import metrics, views
+
+HTTP_CLIENT = "nbdeploy_http_client"
+VOILA_ROOT = "nbdeploy_voila_root"
+MAX_LOG_LINES = 100_000
+ErrorStatus = tuple[tuple[type[NbdeployError], int], ...]
+
+
+def http_error(status: int, message: str) -> HTTPError:
+    """An HTTPError whose message is sent as is (tornado would %-format a bare message)."""
+    return HTTPError(status, "%s", message)
+
+
+def error_message(exc: BaseException | None, status: int) -> str:
+    if isinstance(exc, HTTPError) and exc.log_message:
+        return exc.log_message % exc.args if exc.args else exc.log_message
+    if exc is not None and not isinstance(exc, HTTPError):
+        return f"internal error: {type(exc).__name__}: {exc}"
+    return responses.get(status, "error")
+
+
+def check_deployment_name(name: str) -> str:
+    from nbdeploy.repository import check_name
+
+    try:
+        return check_name(name)
+    except RepositoryError as exc:
+        raise http_error(400, str(exc)) from exc
+
+
+async def run_blocking(
+    call: Callable[..., Any], *args: Any, errors: ErrorStatus = (), **kwargs: Any
+) -> Any:
+    """Run a core call in a worker thread; its NbdeployError becomes an HTTP error.
+
+    ``errors`` maps error classes to statuses (first match wins); anything else is a 400.
+    """
+    try:
+        return await asyncio.to_thread(call, *args, **kwargs)
+    except NbdeployError as exc:
+        status = next((code for kind, code in errors if isinstance(exc, kind)), 400)
+        raise http_error(status, str(exc)) from exc
+
+
+async def find_endpoint(name: str) -> Endpoint:
+    """The active deployment ``name``: 400 for an invalid name, 404 for an unknown one."""
+    check_deployment_name(name)
+    return await run_blocking(api.get, name, errors=((DeployError, 404),))
+
+
+class JsonErrorsMixin:
+    """Every error, raised or unexpected, leaves as ``{"error": "..."}`` with its status."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        message = error_message(exc_info[1] if exc_info else None, status_code)
+        self.set_header("Content-Type", "application/json")  # type: ignore[attr-defined]
+        self.finish(json.dumps({"error": message}))  # type: ignore[attr-defined]
+
+
+class NbdeployAPIHandler(JsonErrorsMixin, APIHandler):
+    """Base of the JSON routes."""
+
+    def reply(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data, default=str))
+
+    def json_body(self) -> dict[str, Any]:
+        """The request body as a JSON object; an empty body is ``{}``."""
+        raw = self.request.body.strip()
+        if not raw:
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise http_error(400, f"the request body is not valid JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise http_error(400, f"expected a JSON object as body; got {type(body).__name__}")
+        return body
+
+    @property
+    def http_client(self) -> httpx.AsyncClient:
+        return self.settings[HTTP_CLIENT]
+
+    @property
+    def voila_root(self) -> str | None:
+        """Jupyter's root dir when Voila's server extension can render demos under it."""
+        return self.settings.get(VOILA_ROOT)
+
+
+class DeploymentsHandler(NbdeployAPIHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        """Every active deployment with its live status and last benchmark latency."""
+        rows = await run_blocking(views.list_deployments, voila_root=self.voila_root)
+        self.reply({"deployments": rows})
+
+
+class DeploymentHandler(NbdeployAPIHandler):
+    @tornado.web.authenticated
+    async def get(self, name: str) -> None:
+        """One deployment: its row, registered metadata, signature and versions."""
+        endpoint = await find_endpoint(name)
+        self.reply(
+            await run_blocking(views.deployment_detail, endpoint, voila_root=self.voila_root)
+        )
+
+
+class StopHandler(NbdeployAPIHandler):
+    @tornado.web.authenticated
+    async def post(self, name: str) -> None:
+        check_deployment_name(name)
+        stopped = await run_blocking(api.undeploy, name, errors=((DeployError, 404),))
+        self.reply({"name": name, "stopped_versions": stopped})
+
+
+class RollbackHandler(NbdeployAPIHandler):
+    @tornado.web.authenticated
+    async def post(self, name: str) -> None:
+        """Serve an earlier version: body ``{"version": N}``, or the previous one by default."""
+        version = self.json_body().get("version")
+        if version is not None and (
+            isinstance(version, bool) or not isinstance(version, int) or version < 1
+        ):
+            raise http_error(400, f"version must be a positive integer; got {version!r}")
+        await find_endpoint(name)
+        endpoint = await run_blocking(
+            api.rollback, name, version, errors=((RepositoryError, 404), (DeployError, 409))
+        )
+        self.reply(await run_blocking(views.deployment_row, endpoint, voila_root=self.voila_root))
+
+
+class LogsHandler(NbdeployAPIHandler):
+    @tornado.web.authenticated
+    async def get(self, name: str) -> None:
+        """The last ``tail`` lines (default 200) the deployment's server wrote."""
+        raw = self.get_argument("tail", "200")
+        try:
+            tail = int(raw)
+        except ValueError:
+            tail = 0
+        if not 1 <= tail <= MAX_LOG_LINES:
+            raise http_error(400, f"tail must be an integer from 1 to {MAX_LOG_LINES}; got {raw!r}")
+        endpoint = await find_endpoint(name)
+        logs = await run_blocking(endpoint.logs, tail, errors=((DeployError, 502),))
+        self.reply({"name": name, "version": endpoint.version, "tail": tail, "logs": logs})
+
+
+class MetricsHandler(NbdeployAPIHandler):
+    @tornado.web.authenticated
+    async def get(self, name: str) -> None:
+        """Request counts, infer latency and batch sizes read from the endpoint's /metrics."""
+        endpoint = await find_endpoint(name)
+        try:
+            response = await self.http_client.get(
+                f"{endpoint.url}/metrics", headers=endpoint.headers
+            )
+        except httpx.HTTPError as exc:
+            raise http_error(
+                502, f"the endpoint of {name} at {endpoint.url} does not answer: {exc}"
+            ) from exc
+        if response.status_code != 200:
+            raise http_error(
+                502, f"the endpoint of {name} answered /metrics with HTTP {response.status_code}"
+            )
+        summary = metrics.summarize(response.text)
+        self.reply({"name": name, "version": endpoint.version, **summary})
+
+
+class NotFoundHandler(NbdeployAPIHandler):
+    """Any other path under the API prefix: a JSON 404 instead of Jupyter's HTML page."""
+
+    @tornado.web.authenticated
+    async def get(self, path: str) -> None:
+        raise http_error(404, f"no such nbdeploy API route: {self.request.path}")
+
+    post = get
