@@ -14,8 +14,6 @@ import contextlib
 import json
 import os
 import pprint
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -24,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nbdeploy import _settings
+from nbdeploy import _procs, _settings
 from nbdeploy._errors import DeployError
 from nbdeploy.artifact import ModelArtifact
 
@@ -34,7 +32,6 @@ KERNEL_NAME = "python3"
 CULL_IDLE_SECONDS = 900
 
 # Voila servers started by this interpreter, so their exit status is collected (no zombies).
-_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 @dataclass
@@ -51,7 +48,7 @@ class DemoServer:
 
     @property
     def alive(self) -> bool:
-        return _alive(self.pid, self.start_time)
+        return _procs.alive(self.pid, self.start_time)
 
     def stop(self) -> bool:
         return stop_demo(self.name)
@@ -279,35 +276,26 @@ def launch_demo(
 
 def _start(name: str, notebook: Path, port: int, timeout: float) -> DemoServer:
     log_path = _log_path(name)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            voila_command(notebook, port),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=notebook.parent,
-            env=voila_env(),
-            start_new_session=True,
-        )
-    _children[proc.pid] = proc
+    pid, started = _procs.spawn(
+        voila_command(notebook, port), log_path=log_path, cwd=notebook.parent, env=voila_env()
+    )
     server = DemoServer(
         name=name,
         url=f"http://127.0.0.1:{port}/",
         port=port,
-        pid=proc.pid,
+        pid=pid,
         notebook=str(notebook),
         log_path=str(log_path),
-        start_time=_start_time(proc.pid),
+        start_time=started,
     )
     _record_path(name).write_text(json.dumps(server.to_dict(), indent=2))
     deadline = time.monotonic() + timeout
     while not _answers(server.port):
-        if proc.poll() is not None or time.monotonic() > deadline:
+        exited = not server.alive
+        if exited or time.monotonic() > deadline:
             tail = _tail(log_path)
             stop_demo(name)
-            state = (
-                "exited" if proc.poll() is not None else f"did not answer within {timeout:.0f} s"
-            )
+            state = "exited" if exited else f"did not answer within {timeout:.0f} s"
             raise DeployError(f"the Voila server for {name!r} {state}; its log ends with:\n{tail}")
         time.sleep(0.1)
     return server
@@ -358,13 +346,7 @@ def stop_demo(name: str, timeout: float = 10.0) -> bool:
     server = _load_record(record)
     stopped = False
     if server is not None and server.alive:
-        _signal(server.pid, signal.SIGTERM, group=False)
-        deadline = time.monotonic() + timeout
-        while _alive(server.pid, None) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(server.pid, None):
-            _signal(server.pid, signal.SIGKILL, group=True)
-        _reap(server.pid)
+        _procs.terminate(server.pid, timeout=timeout, term_group=False)
         stopped = True
     with contextlib.suppress(FileNotFoundError):
         record.unlink()
@@ -387,51 +369,3 @@ def voila_extension_path(name: str, root_dir: str | Path) -> str:
             f" with write_demo({name!r}, directory=...)"
         ) from None
     return f"voila/render/{relative.as_posix()}"
-
-
-def _reap(pid: int) -> None:
-    child = _children.pop(pid, None)
-    if child is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(timeout=5)
-
-
-def _proc_fields(pid: int) -> list[str] | None:
-    """Fields of ``/proc/<pid>/stat`` after the command name (state first), or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rsplit(")", 1)[1].split()
-
-
-def _start_time(pid: int) -> str | None:
-    fields = _proc_fields(pid)
-    return fields[19] if fields and len(fields) > 19 else None
-
-
-def _alive(pid: int, start_time: str | None) -> bool:
-    """True when ``pid`` runs, is no zombie, and (given its start time) is the same process."""
-    child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    fields = _proc_fields(pid)
-    if fields is None:
-        return not Path("/proc").is_dir()
-    if fields[0] in ("Z", "X"):
-        return False
-    return start_time is None or fields[19] == start_time
-
-
-def _signal(pid: int, sig: signal.Signals, *, group: bool) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        if group:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)

@@ -7,18 +7,14 @@ pidfile, so a restarted kernel can find the server again and never kills a recyc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from nbdeploy import _settings
+from nbdeploy import _procs, _settings
 from nbdeploy._errors import DeployError
 from nbdeploy.runtimes import ensure_port_free
 from nbdeploy.runtimes.base import (
@@ -34,7 +30,6 @@ PIDFILE = "handle.json"
 LOGFILE = "server.log"
 
 # Children started by this interpreter, so their exit status is collected (no zombies).
-_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def run_root() -> Path:
@@ -75,45 +70,26 @@ class ProcessRuntime(Runtime):
             *spec.server_args(),
         ]
         spec.say(f"starting {spec.name} v{spec.version} as a local process on port {spec.port}")
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=run_dir,
-                env=_server_env(spec.token),
-                start_new_session=True,
-            )
-        _children[proc.pid] = proc
+        pid, started = _procs.spawn(
+            command, log_path=log_path, cwd=run_dir, env=_server_env(spec.token)
+        )
         handle = RuntimeHandle(
             runtime=self.name,
-            ref=str(proc.pid),
+            ref=str(pid),
             name=spec.name,
             version=spec.version,
             port=spec.port,
             url=local_url(spec.port),
             log_path=str(log_path),
         )
-        record = {"handle": handle.to_dict(), "start_time": _start_time(proc.pid)}
+        record = {"handle": handle.to_dict(), "start_time": started}
         (run_dir / PIDFILE).write_text(json.dumps(record, indent=2))
         return handle
 
     def stop(self, handle: RuntimeHandle, timeout: float = 10) -> None:
         pid = int(handle.ref)
-        if _alive(pid, _recorded_start_time(handle)):
-            _signal_group(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _alive(pid, None):
-                time.sleep(0.05)
-            if _alive(pid, None):
-                _signal_group(pid, signal.SIGKILL)
-                deadline = time.monotonic() + 5
-                while _alive(pid, None):
-                    if time.monotonic() > deadline:
-                        raise DeployError(f"server process {pid} did not die after SIGKILL")
-                    time.sleep(0.05)
-        _children.pop(pid, None)
+        if _procs.alive(pid, _recorded_start_time(handle)):
+            _procs.terminate(pid, timeout=timeout)
         run_dir = _run_dir(handle)
         if run_dir is not None:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -122,7 +98,7 @@ class ProcessRuntime(Runtime):
         run_dir = _run_dir(handle)
         if run_dir is None or not (run_dir / PIDFILE).is_file():
             return "missing"
-        if not _alive(int(handle.ref), _recorded_start_time(handle)):
+        if not _procs.alive(int(handle.ref), _recorded_start_time(handle)):
             return "exited"
         return "running" if probe_ready(self.address(handle)) else "starting"
 
@@ -169,45 +145,3 @@ def _recorded_start_time(handle: RuntimeHandle) -> str | None:
     except (OSError, ValueError, TypeError):
         return None
     return record.get("start_time")
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of ``/proc/<pid>/stat`` after the command name (state first), or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rsplit(")", 1)[1].split()
-
-
-def _start_time(pid: int) -> str | None:
-    fields = _proc_stat(pid)
-    return fields[19] if fields and len(fields) > 19 else None
-
-
-def _alive(pid: int, start_time: str | None) -> bool:
-    """True when ``pid`` runs and is not a zombie (reaping our own), and is the same process."""
-    child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    fields = _proc_stat(pid)
-    if fields is None:
-        return not Path("/proc").is_dir()
-    if fields[0] in ("Z", "X"):
-        return False
-    return start_time is None or fields[19] == start_time
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    """Signal the server's whole session (it leads its own), falling back to the pid alone."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
