@@ -20,12 +20,11 @@ def digits_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return tuple(train_test_split(images, labels, test_size=0.25, random_state=0))  # type: ignore[return-value]
 
 
-def train_digits_cnn(x: np.ndarray, y: np.ndarray, epochs: int = 40) -> Any:
-    """A small CNN trained for a few seconds on CPU (full-batch Adam)."""
+def digits_cnn() -> Any:
+    """A small CNN over [n, 1, 8, 8] digit images (untrained)."""
     import torch
 
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
+    return torch.nn.Sequential(
         torch.nn.Conv2d(1, 16, 3, padding=1),
         torch.nn.ReLU(),
         torch.nn.Conv2d(16, 32, 3, padding=1),
@@ -36,6 +35,14 @@ def train_digits_cnn(x: np.ndarray, y: np.ndarray, epochs: int = 40) -> Any:
         torch.nn.ReLU(),
         torch.nn.Linear(64, 10),
     )
+
+
+def train_digits_cnn(x: np.ndarray, y: np.ndarray, epochs: int = 40) -> Any:
+    """The digits CNN trained for a few seconds on CPU (mini-batch Adam)."""
+    import torch
+
+    torch.manual_seed(0)
+    model = digits_cnn()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     model.train()

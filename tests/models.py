@@ -29,22 +29,14 @@ def mlp(in_features: int = 64, classes: int = 10):
     ).eval()
 
 
-def cnn(classes: int = 10):
-    """A CNN over [n, 1, 8, 8] digit images."""
+def cnn():
+    """The quickstart's CNN over [n, 1, 8, 8] digit images."""
     import torch
 
+    from nbdeploy.quickstart import digits_cnn
+
     torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 16, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(16, 32, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(),
-        torch.nn.Linear(32 * 4 * 4, 64),
-        torch.nn.ReLU(),
-        torch.nn.Linear(64, classes),
-    ).eval()
+    return digits_cnn().eval()
 
 
 def transformer(vocab: int = 1000, dim: int = 128, layers: int = 2, classes: int = 4):
