@@ -89,6 +89,13 @@ def register(artifact: ModelArtifact | str | Path, *, name: str | None = None) -
     return ModelRepository().register(_as_artifact(artifact), name=name)
 
 
+def model(name: str, version: int | None = None) -> ModelArtifact:
+    """A registered version of ``name`` (the newest by default), with its ``nbdeploy.json``."""
+    from nbdeploy.repository import ModelRepository
+
+    return ModelRepository().get(name, version)
+
+
 def models() -> list[dict[str, Any]]:
     """Every registered model version, newest first, as plain dicts."""
     from nbdeploy.repository import ModelRepository

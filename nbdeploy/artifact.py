@@ -89,6 +89,19 @@ class ModelArtifact:
             "benchmark": self.benchmark,
         }
 
+    def summary(self) -> dict[str, Any]:
+        """What a variants table shows: size, parity and quantization outcome (JSON-safe)."""
+        try:
+            size: int | None = self.size_bytes
+        except OSError:
+            size = None
+        return {
+            "variant": self.variant,
+            "size_bytes": size,
+            "parity": self.parity.to_dict() if self.parity else None,
+            "quantization": self.quantization.to_dict() if self.quantization else None,
+        }
+
     def save_metadata(self) -> None:
         """Rewrite ``nbdeploy.json`` beside the model (atomically, via a temp file)."""
         write_json_atomic(self.directory / METADATA_FILE, self.to_dict())

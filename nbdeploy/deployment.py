@@ -71,12 +71,13 @@ def prepare_artifact(
             progress,
             f"quantize: {variant.variant} {variant.size_bytes / 1024:.0f} KiB, {variant.parity}, {state}",
         )
+    considered = [artifact.summary(), *(variant.summary() for variant in variants)]
     if quantize != "auto":
         usable = [v for v in variants if v.ok]
         if not usable:
             reasons = "; ".join(f"{v.variant}: {v.quantization.reason}" for v in variants)
             raise NbdeployError(f"quantize={quantize!r} produced no usable variant ({reasons})")
-        return usable[0], None
+        return _with_variants(usable[0], considered), None
 
     from nbdeploy.optimize import select_auto
 
@@ -85,7 +86,7 @@ def prepare_artifact(
     report = api.benchmark([artifact, *variants], bench_sample, batch_sizes=(1,), baseline=False)
     chosen = select_auto(artifact, variants, report.latency_ms(batch_size=1))
     _say(progress, f"quantize: auto picked {chosen.variant}")
-    return chosen, report.to_dict()
+    return _with_variants(chosen, considered), report.to_dict()
 
 
 def _with_serving_metadata(
@@ -105,6 +106,11 @@ def _with_serving_metadata(
         labels=artifact.labels if artifact.labels is not None or labels is None else list(labels),
         metadata=metadata,
     )
+
+
+def _with_variants(chosen: ModelArtifact, considered: list[dict[str, Any]]) -> ModelArtifact:
+    """Keep every variant that was weighed in the served version's metadata, for the summary."""
+    return replace(chosen, metadata={**chosen.metadata, "variants": considered})
 
 
 def deploy(

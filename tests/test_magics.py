@@ -103,6 +103,20 @@ def test_deploy_a_torch_model_named_after_its_variable(ip):
     np.testing.assert_allclose(ep.predict(x[:32]), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_the_summary_lists_every_variant_that_was_weighed(ip, capsys):
+    net = models.mlp()
+    x, _ = models.digits()
+    ip.user_ns.update(net=net, x_test=x[:64])
+
+    ip.run_line_magic("deploy", "net --sample x_test --runtime process --quantize int8")
+    out = capsys.readouterr().out
+    table = out[out.index("variant") :]
+    assert "fp32" in table
+    assert re.search(r"int8-dynamic \(served\)", table), table
+    kept = [entry["variant"] for entry in nbd.model("net").metadata["variants"]]
+    assert kept == ["fp32", "int8-dynamic"]
+
+
 def test_config_sets_the_defaults(ip, linear):
     ip.run_line_magic("config", 'DeployMagic.runtime = "process"')
     ip.run_line_magic("config", "DeployMagic.auth = False")

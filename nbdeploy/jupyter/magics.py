@@ -226,9 +226,8 @@ class DeployMagic(Magics):
     ) -> DeploySummary:
         """Everything after the endpoint is up; a failure here is a note, not a lost endpoint."""
         from nbdeploy.bench import BenchmarkReport
-        from nbdeploy.repository import ModelRepository
 
-        served = ModelRepository().get(endpoint.name, endpoint.version)
+        served = api.model(endpoint.name, endpoint.version)
         selection = BenchmarkReport.from_dict(served.benchmark) if served.benchmark else None
         notes: list[str] = []
         measured = None

@@ -127,27 +127,32 @@ def _ms(value: float | None) -> str:
 
 
 def variant_rows(
-    artifacts: Sequence[ModelArtifact],
+    variants: Sequence[ModelArtifact | dict[str, Any]],
     report: BenchmarkReport | None = None,
     *,
     served: str | None = None,
 ) -> list[VariantRow]:
     """One row per ONNX variant: what quantization cost (size, parity, accuracy) and bought.
 
-    Latencies are the report's in-process onnxruntime rows at the smallest batch size measured.
+    ``variants`` are artifacts or their :meth:`ModelArtifact.summary` dicts (as kept in a served
+    version's metadata). Latencies are the report's in-process onnxruntime rows at the
+    smallest batch size measured.
     """
     rows: dict[str, VariantRow] = {}
-    for artifact in artifacts:
-        row = rows.setdefault(artifact.variant, VariantRow(artifact.variant))
-        row.size_bytes = _safe_size(artifact)
-        if artifact.parity is not None:
-            row.max_abs_error = artifact.parity.max_abs_error
-            row.top1_agreement = artifact.parity.top1_agreement
-        quantization = artifact.quantization
+    for item in variants:
+        summary = item.summary() if isinstance(item, ModelArtifact) else item
+        row = rows.setdefault(summary["variant"], VariantRow(summary["variant"]))
+        row.size_bytes = summary.get("size_bytes")
+        parity = summary.get("parity")
+        if parity is not None:
+            row.max_abs_error = parity.get("max_abs_error")
+            row.top1_agreement = parity.get("top1_agreement")
+        quantization = summary.get("quantization")
         if quantization is not None:
-            row.accuracy_delta = quantization.accuracy_delta
-            if quantization.status != "ok":
-                row.note = f"{quantization.status}: {quantization.reason or ''}".strip()
+            row.accuracy_delta = quantization.get("accuracy_delta")
+            if quantization.get("status", "ok") != "ok":
+                reason = quantization.get("reason") or ""
+                row.note = f"{quantization['status']}: {reason}".strip()
     if report is not None:
         in_process = [r for r in report.results if r.engine == "onnxruntime" and r.concurrency == 1]
         batch = min((r.batch_size for r in in_process), default=1)
@@ -162,13 +167,6 @@ def variant_rows(
     if served in rows:
         rows[served].served = True
     return list(rows.values())
-
-
-def _safe_size(artifact: ModelArtifact) -> int | None:
-    try:
-        return artifact.size_bytes
-    except OSError:
-        return None
 
 
 def variants_html(rows: Sequence[VariantRow]) -> str:
@@ -299,7 +297,11 @@ class DeploySummary:
             status=endpoint.status,
             token=endpoint.token,
             signature=served.signature,
-            variants=variant_rows([served], variants_report or report, served=served.variant),
+            variants=variant_rows(
+                served.metadata.get("variants") or [served],
+                variants_report or report,
+                served=served.variant,
+            ),
             report=report,
             demo_url=demo_url,
             notes=list(notes),

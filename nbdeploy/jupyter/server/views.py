@@ -61,12 +61,8 @@ def demo_url(name: str, voila_root: str | None = None) -> str | None:
     the demo notebook under it, a path relative to Jupyter's base URL, which works for remote
     users too; otherwise the URL of a Voila server :mod:`nbdeploy.demo` runs on 127.0.0.1.
     """
-    try:
-        from nbdeploy import demo
-    except ModuleNotFoundError as exc:
-        if exc.name == "nbdeploy.demo":
-            return None
-        raise
+    from nbdeploy import demo
+
     if voila_root is not None and demo.demo_path(name).exists():
         try:
             return demo.voila_extension_path(name, voila_root)
@@ -76,9 +72,7 @@ def demo_url(name: str, voila_root: str | None = None) -> str | None:
 
 
 def _registered(endpoint: Endpoint) -> ModelArtifact:
-    from nbdeploy.repository import ModelRepository
-
-    return ModelRepository().get(endpoint.name, endpoint.version)
+    return api.model(endpoint.name, endpoint.version)
 
 
 def deployment_row(
