@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nbdeploy import _ort
-from nbdeploy._errors import InputError
+from nbdeploy._errors import ExportError, InputError
 from nbdeploy._tensors import as_feeds
 from nbdeploy.exporters import eager_runner, export_model
 from tests import models
@@ -143,3 +143,12 @@ def test_saved_model_directory(tmp_path):
     np.testing.assert_allclose(_onnx_run(art, x[:1])[output], module(x[:1]).numpy(), atol=1e-6)
     with pytest.raises(InputError, match=r"expects features \[None, 8\] float32"):
         export_model(path, np.ones((2, 5), dtype=np.float32), name=None)
+
+
+def test_keras_state_turned_into_inputs_is_a_clear_error():
+    data = np.random.default_rng(0).standard_normal((64, 5)).astype(np.float32)
+    norm = keras.layers.Normalization()
+    norm.adapt(data)
+    model = keras.Sequential([keras.Input((5,)), norm, keras.layers.Dense(3)])
+    with pytest.raises(ExportError, match="turned internal state into inputs"):
+        export_model(model, data[:8], name="normalized")

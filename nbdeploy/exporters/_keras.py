@@ -188,7 +188,16 @@ def export_keras(model: Any, sample: Any, *, opset: int | None) -> _onnx.Exporte
                 f"Keras could not export the model to ONNX: {_first_line(exc)}"
             ) from exc
         proto = _onnx.load(path)
-    onnx_inputs = [i.name for i in proto.graph.input]
+    initializers = {init.name for init in proto.graph.initializer}
+    onnx_inputs = [i.name for i in proto.graph.input if i.name not in initializers]
+    given = len(inputs) if isinstance(inputs, dict | list) else 1
+    if len(onnx_inputs) != given:
+        raise ExportError(
+            f"Keras's ONNX export produced {len(onnx_inputs)} graph inputs {onnx_inputs} for a"
+            f" model taking {given}: it turned internal state into inputs (an adapted"
+            " keras.layers.Normalization does this). Normalize the data before the model, or"
+            " use a layer with constant weights (Rescaling, Dense) instead"
+        )
     renames = _generated_input_renames(onnx_inputs)
     onnx_outputs = [o.name for o in proto.graph.output]
     out_names = _onnx.output_names(len(onnx_outputs))
