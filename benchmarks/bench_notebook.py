@@ -30,13 +30,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.demo_helpers import (  # noqa: E402
-    TRAIN_ROWS,
-    chromium_context,
-    chromium_missing,
-    digit_images,
-    write_digit_png,
-)
+from tests.browser import chromium_context, chromium_missing  # noqa: E402
+from tests.demo_helpers import TRAIN_ROWS, digit_images, write_digit_png  # noqa: E402
 from tests.models import cnn, train  # noqa: E402
 
 DEPLOY_TARGET_S = 15.0

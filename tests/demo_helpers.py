@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,16 +12,6 @@ import numpy as np
 
 from tests.models import cnn, digits, train
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 TRAIN_ROWS = 1400
@@ -76,40 +64,3 @@ def write_digit_png(index: int, path: Path, size: int = 64, *, light: bool = Fal
         pixels = 255 - pixels
     Image.fromarray(pixels, mode="L").resize((size, size), Image.Resampling.NEAREST).save(path)
     return path
-
-
-def chromium_missing() -> str | None:
-    """Why a browser test cannot run here, or None."""
-    if not Path(CHROMIUM).exists():
-        return f"{CHROMIUM} is not installed (apt-get install -y chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright python package is not installed"
-    return None
-
-
-@contextmanager
-def chromium_context() -> Iterator[Any]:
-    """A headless Chromium with a fresh profile, closed (and its profile removed) afterwards."""
-    from playwright.sync_api import sync_playwright
-
-    profile = tempfile.mkdtemp(prefix="nbdeploy-chromium-")
-    try:
-        with sync_playwright() as playwright:
-            context = playwright.chromium.launch_persistent_context(
-                profile,
-                executable_path=CHROMIUM,
-                headless=True,
-                args=CHROMIUM_FLAGS,
-                viewport={"width": 1100, "height": 900},
-            )
-            context.route(
-                lambda url: not url.startswith("http://127.0.0.1"), lambda route: route.abort()
-            )
-            try:
-                yield context
-            finally:
-                context.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)

@@ -19,14 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.demo_helpers import (
-    ARTIFACTS,
+from tests.browser import (  # noqa: F401 (fixtures)
     chromium_context,
     chromium_missing,
-    deploy_digits,
-    nbdeploy_home,
-    write_digit_png,
+    jp_asyncio_loop,
+    jp_server_cleanup,
 )
+from tests.demo_helpers import ARTIFACTS, deploy_digits, nbdeploy_home, write_digit_png
 
 pytestmark = [
     pytest.mark.slow,
@@ -35,17 +34,6 @@ pytestmark = [
 
 PAGE_TIMEOUT_MS = 90_000
 HELD_OUT_DIGIT = 1500
-
-
-@pytest.fixture
-def jp_asyncio_loop():
-    """Playwright's sync API runs its own event loop: keep pytest-jupyter's loop out of here."""
-    yield None
-
-
-@pytest.fixture
-def jp_server_cleanup():
-    yield
 
 
 @pytest.fixture(scope="module")

@@ -26,29 +26,23 @@ from playwright.sync_api import expect
 import nbdeploy as nbd
 from nbdeploy.demo import write_demo
 from nbdeploy.runtimes import free_port
+from tests.browser import (  # noqa: F401 (fixtures)
+    chromium_context,
+    chromium_missing,
+    jp_asyncio_loop,
+    jp_server_cleanup,
+)
 from tests.onnx_models import save_linear
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 BUILT_EXTENSION = REPO / "nbdeploy" / "labextension"
 ARTIFACTS = REPO / "test-artifacts" / "lab"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 NAME = "ui-linear"
 SIDEBAR = "#nbdeploy-deployments"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"no browser at {CHROMIUM}: apt-get install -y chromium"
-    ),
+    pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing())),
     pytest.mark.skipif(
         not (BUILT_EXTENSION / "package.json").exists(),
         reason="the lab extension is not built: run scripts/build-labextension.sh",
@@ -91,17 +85,6 @@ def _wait_until_serving(lab: Lab, process: subprocess.Popen, log: Path) -> None:
             pass
         time.sleep(0.25)
     raise RuntimeError(f"jupyter lab did not answer in 120 s; its log:\n{log.read_text()[-4000:]}")
-
-
-@pytest.fixture
-def jp_asyncio_loop():
-    """Playwright's sync API runs its own event loop: keep pytest-jupyter's loop out of here."""
-    yield None
-
-
-@pytest.fixture
-def jp_server_cleanup():
-    yield
 
 
 @pytest.fixture(scope="module")
@@ -175,24 +158,12 @@ def lab_home(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 @pytest.fixture
 def page(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[object]:
     """A Chromium page with a fresh profile; its last state is kept as a screenshot."""
-    from playwright.sync_api import sync_playwright
-
     expect.set_options(timeout=15_000)
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1400, "height": 900},
-        )
-        try:
-            page = context.pages[0] if context.pages else context.new_page()
-            page.set_default_timeout(30_000)
-            yield page
-            shoot(page, f"{request.node.name}-last")
-        finally:
-            context.close()
+    with chromium_context(1400, 900) as context:
+        page = context.pages[0] if context.pages else context.new_page()
+        page.set_default_timeout(30_000)
+        yield page
+        shoot(page, f"{request.node.name}-last")
 
 
 def open_lab(page, lab: Lab) -> None:
