@@ -21,7 +21,7 @@ echo "[test] Docker engine and base image"
 ./scripts/docker-engine.sh
 
 # The server's wheelhouse is downloaded once per machine, not once per run.
-export NBDEPLOY_CACHE=${NBDEPLOY_CACHE:-$HOME/.cache/nbdeploy}
+export NBDEPLOY_CACHE=${NBDEPLOY_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/nbdeploy}
 mkdir -p test-artifacts "$NBDEPLOY_CACHE"
 
 if [ "${CI:-}" = "true" ]; then
