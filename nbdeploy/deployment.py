@@ -204,7 +204,9 @@ def launch(
     try:
         _say(progress, f"launch: starting {name} v{version} on the {runtime.name} runtime")
         handle = runtime.start(spec)
-        store.update_deployment(deployment_id, handle=handle.to_dict(), url=handle.url)
+        store.update_deployment(
+            deployment_id, handle={**handle.to_dict(), "tuning": tuning}, url=handle.url
+        )
         runtime.wait_ready(handle, timeout=timeout)
     except BaseException as exc:
         store.update_deployment(deployment_id, state="failed")
@@ -304,4 +306,5 @@ def rollback(
         token=current.token,
         timeout=timeout,
         progress=progress,
+        **current.tuning,
     )

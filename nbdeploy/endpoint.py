@@ -33,6 +33,11 @@ class Endpoint:
         self.handle = RuntimeHandle.from_dict(record["handle"])
 
     @property
+    def tuning(self) -> dict[str, Any]:
+        """The server settings it was launched with (batching, CPUs, memory), kept on rollback."""
+        return dict(self._record["handle"].get("tuning") or {})
+
+    @property
     def headers(self) -> dict[str, str]:
         """Headers any HTTP client needs for the model routes (the bearer token, if any)."""
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}

@@ -177,11 +177,13 @@ def test_rollback_serves_the_previous_version(tmp_path: Path, cleanup) -> None:
     v1_path = save_linear(tmp_path / "v1.onnx", seed=0)
     v2_path = save_linear(tmp_path / "v2.onnx", seed=1)
     nbd.deploy(v1_path, name="rb", runtime="process")
-    current = nbd.deploy(v2_path, name="rb", runtime="process")
+    current = nbd.deploy(v2_path, name="rb", runtime="process", max_batch_size=4, batching=False)
     np.testing.assert_allclose(current.predict(X), expected(v2_path), atol=1e-5)
     back = nbd.rollback("rb")
     assert back.version == 1
     assert back.token == current.token
+    assert back.tuning["max_batch_size"] == 4 and back.tuning["batching"] is False
+    assert "dynamic batching: off" in back.logs()
     np.testing.assert_allclose(nbd.get("rb").predict(X), expected(v1_path), atol=1e-5)
     with pytest.raises(DeployError, match="already serves version 1"):
         nbd.rollback("rb", 1)
