@@ -38,6 +38,16 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _show(rows: list[dict[str, Any]], columns: Sequence[str], *, as_json: bool, empty: str) -> None:
+    """Rows as JSON, as an aligned table, or a hint when there are none."""
+    if as_json:
+        _print_json(rows)
+    elif not rows:
+        print(empty)
+    else:
+        print(_table(rows, columns))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import nbdeploy.api as api
     from nbdeploy._tensors import random_sample
@@ -57,26 +67,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     import nbdeploy.api as api
 
-    rows = api.deployment_rows()
-    if args.json:
-        _print_json(rows)
-    elif not rows:
-        print("No deployments. Start one with: nbdeploy deploy MODEL.onnx --name NAME")
-    else:
-        print(_table(rows, ("name", "version", "runtime", "status", "url", "created_at")))
+    _show(
+        api.deployment_rows(),
+        ("name", "version", "runtime", "status", "url", "created_at"),
+        as_json=args.json,
+        empty="No deployments. Start one with: nbdeploy deploy MODEL.onnx --name NAME",
+    )
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     import nbdeploy.api as api
 
-    rows = api.models()
-    if args.json:
-        _print_json(rows)
-    elif not rows:
-        print("No registered models yet.")
-    else:
-        print(_table(rows, ("name", "version", "variant", "framework", "size_bytes", "created_at")))
+    _show(
+        api.models(),
+        ("name", "version", "variant", "framework", "size_bytes", "created_at"),
+        as_json=args.json,
+        empty="No registered models yet.",
+    )
     return 0
 
 
