@@ -1,0 +1,67 @@
+"""How nbdeploy writes numbers and errors for people: one function each, so the same figure
+prints the same in the magic, the panel, the CLI, the benchmark report and the REST views."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+MAX_REASON = 300
+
+
+def ms(value: float | None) -> str:
+    """Milliseconds with three significant figures or more (``0.123``, ``1.23``, ``12.3``, ``123``);
+    empty for a missing or non-finite figure."""
+    if value is None or not math.isfinite(value):
+        return ""
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def size(size_bytes: int | None) -> str:
+    """``812.0 KiB`` below a MiB, ``1.25 MiB`` above; empty when unknown."""
+    if size_bytes is None:
+        return ""
+    if size_bytes < 1 << 20:
+        return f"{size_bytes / 1024:.1f} KiB"
+    return f"{size_bytes / (1 << 20):.2f} MiB"
+
+
+def first_line(
+    exc: BaseException, *, with_type: bool = False, cause: bool = False, lines: int = 1
+) -> str:
+    """The first non-empty line of an error, short enough for a table cell or a log line.
+
+    ``cause`` reports the error that an nbdeploy error wraps, when there is one; ``with_type``
+    prefixes the exception's class name (for errors that are not nbdeploy's own words);
+    ``lines`` joins more than one line, for libraries that put the reason on the second.
+    """
+    if cause and exc.__cause__ is not None:
+        exc = exc.__cause__
+    found = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(found[:lines]) if found else type(exc).__name__
+    if with_type and found:
+        text = f"{type(exc).__name__}: {text}"
+    return text[:MAX_REASON]
+
+
+def text_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()
+) -> str:
+    """An aligned plain-text table with a rule under the headers; ``right`` lists the columns
+    to right-align (numbers)."""
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    numeric = set(right)
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])

@@ -1,0 +1,211 @@
+"""The words every layer shares: choices a user makes, the name rule, and the records that
+cross layers (a deployment, its server settings, what surfaces show of it, progress events).
+
+Surfaces (the magic, the panel, the CLI, the REST routes, the labextension) take their choices
+from here, so adding a quantize mode or a runtime kind is one edit here plus its
+implementation (``nbdeploy/optimize.py`` for a mode, ``nbdeploy/runtimes/<kind>.py`` for a
+runtime). This module imports nothing else from nbdeploy but the error types.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, get_args
+
+from nbdeploy._errors import InputError
+
+# --------------------------------------------------------------------------------- choices
+
+QuantizeMode = Literal["int8", "int8-dynamic", "int8-static", "fp16"]
+"""A variant ``nbd.quantize`` can make; ``int8`` picks static QDQ for conv models."""
+QUANTIZE_MODES: tuple[QuantizeMode, ...] = get_args(QuantizeMode)
+
+QuantizeChoice = Literal["none", "auto", "int8", "int8-dynamic", "int8-static", "fp16"]
+"""What ``deploy(quantize=...)`` accepts: no variant, the fastest accurate one, or one mode."""
+QUANTIZE_CHOICES: tuple[QuantizeChoice, ...] = ("none", "auto", *QUANTIZE_MODES)
+AUTO_CANDIDATES: tuple[QuantizeMode, ...] = ("int8", "fp16")
+"""The variants ``quantize="auto"`` weighs against fp32 (and the default of ``nbd.quantize``)."""
+
+RuntimeKind = Literal["docker", "process"]
+"""Where an endpoint runs; each kind is implemented by ``nbdeploy/runtimes/<kind>.py``."""
+RUNTIME_KINDS: tuple[RuntimeKind, ...] = get_args(RuntimeKind)
+RuntimeChoice = Literal["auto", "docker", "process"]
+RUNTIME_CHOICES: tuple[str, ...] = ("auto", *RUNTIME_KINDS)
+
+DeploymentState = Literal["starting", "active", "retired", "failed"]
+"""The store's word for a deployment: launched but not ready, serving, stopped, never served."""
+DEPLOYMENT_STATES: tuple[DeploymentState, ...] = get_args(DeploymentState)
+
+ServerStatus = Literal["starting", "running", "exited", "restarting", "missing"]
+"""What the runtime says of a deployment's server, asked live."""
+SERVER_STATUSES: tuple[ServerStatus, ...] = get_args(ServerStatus)
+
+
+def check_choice(value: Any, choices: tuple[str, ...], what: str) -> Any:
+    """``value`` if it is one of ``choices``, else an InputError listing them."""
+    if value not in choices:
+        raise InputError(f"{what} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------- the name
+
+NAME_RULE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+NAME_HINT = (
+    "use 1-63 lower-case letters, digits, '-', '_' or '.', starting with a letter or digit"
+    " (e.g. 'digits-cnn')"
+)
+
+
+def check_name(name: Any) -> str:
+    """A model or deployment name: it becomes a directory, an image tag, a V2 model name and a
+    URL path segment, so the whole of it must match one safe rule."""
+    if not isinstance(name, str) or not NAME_RULE.fullmatch(name):
+        raise InputError(f"invalid model name {name!r}: {NAME_HINT}")
+    return name
+
+
+def safe_name(text: str, fallback: str = "model") -> str:
+    """A valid name made from free text (a file stem, a class name)."""
+    cleaned = re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-._")[:63].strip("-._")
+    return cleaned or fallback
+
+
+# -------------------------------------------------------------------------------- records
+
+PROXY_PREFIX = "nbdeploy/proxy"
+"""Where the Jupyter server extension proxies a deployment, relative to Jupyter's base URL."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How a deployment's server is tuned; kept across redeploys and rollbacks of a name."""
+
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 2.0
+    batching: bool = True
+    cpus: float | None = None
+    memory: str | None = "1g"
+    threads: int | None = None
+
+    def server_args(self) -> list[str]:
+        """Tuning flags for ``python -m nbdeploy.serve``, shared by every runtime."""
+        args = [
+            "--max-batch-size",
+            str(self.max_batch_size),
+            "--max-queue-delay-ms",
+            str(self.max_queue_delay_ms),
+        ]
+        if not self.batching:
+            args.append("--no-batching")
+        threads = self.threads or (max(1, int(self.cpus)) if self.cpus else None)
+        if threads:
+            args += ["--threads", str(threads)]
+        return args
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> ServerSettings:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One launch of one version of a name, as the store keeps it.
+
+    ``handle`` is the runtime's own plain data (container id or pid, log path); ``token`` is
+    the bearer token the server checks, None when it was deployed without auth.
+    """
+
+    id: int
+    name: str
+    version: int
+    runtime: RuntimeKind
+    state: DeploymentState
+    url: str
+    port: int
+    token: str | None = None
+    handle: dict[str, Any] = field(default_factory=dict)
+    settings: ServerSettings = field(default_factory=ServerSettings)
+    created_at: str = ""
+    updated_at: str = ""
+
+    @property
+    def infer_url(self) -> str:
+        return f"{self.url}/v2/models/{self.name}/infer"
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    """What every surface shows of a deployment: ``nbdeploy ls --json``, the magic's table, the
+    REST list and the labextension's ``IDeployment`` (a test keeps them field for field)."""
+
+    name: str
+    version: int
+    runtime: str
+    state: str
+    status: str
+    url: str
+    infer_url: str
+    proxy_path: str
+    created_at: str
+    variant: str | None
+    p50_ms: float | None
+    p99_ms: float | None
+    demo_url: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------- progress
+
+Stage = Literal[
+    "export", "quantize", "benchmark", "register", "image", "launch", "ready", "switch", "demo"
+]
+STAGE_FRACTIONS: dict[str, float] = {
+    "export": 0.15,
+    "quantize": 0.35,
+    "benchmark": 0.5,
+    "register": 0.6,
+    "image": 0.7,
+    "launch": 0.8,
+    "ready": 0.95,
+    "switch": 0.97,
+    "demo": 0.99,
+}
+"""How far along a deploy is when it reaches a stage, for progress bars."""
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of long work, emitted by the core and rendered by each surface.
+
+    ``detail`` marks raw tool output (pip, docker build) that belongs in a log view rather
+    than among the stages.
+    """
+
+    stage: Stage
+    message: str
+    detail: bool = False
+
+    @property
+    def fraction(self) -> float:
+        return STAGE_FRACTIONS.get(self.stage, 0.0)
+
+    def __str__(self) -> str:
+        return self.message if self.detail else f"{self.stage}: {self.message}"
+
+
+Progress = Callable[[ProgressEvent], None]
+
+
+def emit(progress: Progress | None, stage: Stage, message: str, *, detail: bool = False) -> None:
+    """Report one step to ``progress`` when the caller asked for progress."""
+    if progress is not None:
+        progress(ProgressEvent(stage, message, detail))
