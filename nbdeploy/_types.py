@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+InputKind = Literal["image", "text", "tabular", "tensor"]
 
 ONNX_TO_NUMPY: dict[str, str] = {
     "tensor(float)": "float32",
@@ -89,6 +91,35 @@ class Signature:
     def dynamic_batch(self) -> bool:
         """True when every input's first dimension is dynamic, so requests can be batched."""
         return all(spec.shape and spec.shape[0] == -1 for spec in self.inputs)
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the model insists on, when an input's first dimension is static."""
+        return next((s.shape[0] for s in self.inputs if s.shape and s.shape[0] > 0), None)
+
+    @property
+    def input_kind(self) -> InputKind:
+        """What the demo page offers: an image upload, a text box, a tabular form, or the
+        JSON editor (``tensor``).
+
+        Only a model with one input gets a form, since the page builds one tensor from one
+        picture, text or row; uint8 and dynamic-size inputs can be images (the deploy sample
+        supplies the size).
+        """
+        if len(self.inputs) != 1:
+            return "tensor"
+        (spec,) = self.inputs
+        shape = spec.shape
+        if spec.dtype == "str":
+            return "text"
+        if spec.dtype.startswith(("int", "uint")) and len(shape) == 2:
+            return "text"
+        if spec.dtype.startswith(("float", "uint8")):
+            if len(shape) == 4 or (len(shape) == 3 and all(d == -1 or d >= 8 for d in shape[1:])):
+                return "image"
+            if len(shape) == 2 and 0 < shape[1] <= 512:
+                return "tabular"
+        return "tensor"
 
     def to_dict(self) -> dict[str, Any]:
         return {

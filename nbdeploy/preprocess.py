@@ -32,7 +32,6 @@ __all__ = [
     "apply_image_preprocessing",
     "describe_inputs",
     "infer_preprocessing",
-    "input_kind",
     "json_inputs",
     "open_image",
     "tabular_array",
@@ -44,24 +43,6 @@ CHANNEL_COUNTS = (1, 3, 4)
 PIXEL_RANGES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 16.0), (0.0, 255.0))
 MAX_EXAMPLES = 5
 MAX_JSON_EXAMPLE = 4096
-
-
-def input_kind(signature: Signature) -> str:
-    """What a demo should offer for this signature: image, text, tabular or tensor (JSON)."""
-    specs = signature.inputs
-    if not specs:
-        return "tensor"
-    if len(specs) == 1 and specs[0].dtype == "str":
-        return "text"
-    if len(specs) == 1 and specs[0].dtype.startswith(("int", "uint")) and len(specs[0].shape) == 2:
-        return "text"
-    if len(specs) == 1 and specs[0].dtype.startswith(("float", "uint8")):
-        shape = specs[0].shape
-        if len(shape) == 4 or (len(shape) == 3 and all(d == -1 or d >= 8 for d in shape[1:])):
-            return "image"
-        if len(shape) == 2 and 0 < shape[1] <= 512:
-            return "tabular"
-    return "tensor"
 
 
 def infer_preprocessing(
@@ -79,7 +60,7 @@ def infer_preprocessing(
     overrides the guess from the signature, e.g. ``"image"`` for a flattened ``[n, 64]`` digit.
     """
     arrays = _sample_arrays(signature, sample)
-    kind = kind or input_kind(signature)
+    kind = kind or signature.input_kind
     if kind != "tensor" and len(signature.inputs) != 1:
         raise InputError(
             f"a {kind} demo needs a model with one input; this one has {signature.input_names}"

@@ -6,7 +6,6 @@ a scikit-learn model never loads torch or TensorFlow.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,48 +13,58 @@ from typing import Any
 from nbdeploy import _ort
 from nbdeploy._errors import ExportError, InputError
 from nbdeploy._tensors import as_feeds
-from nbdeploy._types import Signature
+from nbdeploy._types import Parity, Signature
 from nbdeploy.artifact import ModelArtifact, store_onnx
-from nbdeploy.exporters import _onnx, parity
+from nbdeploy.exporters import _keras, _onnx, _sklearn, _torch, parity
+from nbdeploy.exporters.base import Exported, Exporter
+from nbdeploy.vocabulary import check_name, safe_name
 
-__all__ = ["eager_runner", "export_model", "framework_of"]
+__all__ = [
+    "EXPORTERS",
+    "Exported",
+    "Exporter",
+    "as_artifact",
+    "eager_runner",
+    "export_model",
+    "exporter_for",
+    "framework_of",
+]
 
 SUPPORTED = (
     "torch.nn.Module, Keras 3 models (Sequential / functional / subclassed, or a .keras file),"
     " tf.Module / tf.function / a SavedModel directory, scikit-learn estimators and pipelines,"
     " an .onnx file or an onnx.ModelProto"
 )
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+EXPORTERS: tuple[Exporter, ...] = (
+    _torch.EXPORTER,
+    _keras.KERAS,
+    _keras.TENSORFLOW,
+    _sklearn.EXPORTER,
+    _onnx.EXPORTER,
+)
+"""Asked in order, first match wins: torch before Keras (a Keras layer on the torch backend
+is a torch Module too), Keras before TensorFlow (a Keras model on the TF backend is a tf
+AutoTrackable), ONNX last because it takes every path Keras and TensorFlow did not claim."""
 
 
-def framework_of(model: Any) -> str:
-    """``torch``, ``keras``, ``tensorflow``, ``sklearn`` or ``onnx``, without importing any.
+def exporter_for(model: Any) -> Exporter:
+    """The exporter that recognises ``model``, without importing any framework.
 
-    Raises ExportError naming the supported types when the object is none of them.
+    Raises ExportError naming the supported types when none does.
     """
-    from nbdeploy.exporters import _keras, _sklearn, _torch
-
-    if isinstance(model, str | Path):
-        path = Path(model)
-        if _keras.is_saved_model_dir(path):
-            return "tensorflow"
-        if path.suffix in (".keras", ".h5"):
-            return "keras"
-        return "onnx"
-    if type(model).__module__.startswith("onnx") and type(model).__name__ == "ModelProto":
-        return "onnx"
-    if _torch.is_torch_module(model):
-        return "torch"
-    if _keras.is_keras_model(model):
-        return "keras"
-    if _keras.is_tf_object(model):
-        return "tensorflow"
-    if _sklearn.is_sklearn_estimator(model):
-        return "sklearn"
+    for exporter in EXPORTERS:
+        if exporter.detect(model):
+            return exporter
     cls = type(model)
     raise ExportError(
         f"cannot export a {cls.__module__}.{cls.__qualname__}: supported are {SUPPORTED}"
     )
+
+
+def framework_of(model: Any) -> str:
+    """``torch``, ``keras``, ``tensorflow``, ``sklearn`` or ``onnx``, without importing any."""
+    return exporter_for(model).framework
 
 
 def export_model(
@@ -74,55 +83,46 @@ def export_model(
     difference beyond ``atol``/``rtol`` raises ParityError. ONNX inputs are stored as given
     (checked to run on ``sample`` when there is one) and get no parity record.
     """
-    if name is not None and not NAME_PATTERN.match(name):
-        raise InputError(
-            f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (max 128),"
-            " starting with a letter or digit"
-        )
+    if name is not None:
+        check_name(name)
     if not (atol >= 0 and rtol >= 0):
         raise InputError(f"atol and rtol must be >= 0; got atol={atol}, rtol={rtol}")
-    framework = framework_of(model)
+    exporter = exporter_for(model)
     label_list = [str(label) for label in labels] if labels is not None else None
-    if framework == "onnx":
-        return _store_onnx_source(model, sample, name=name, labels=label_list)
-    if sample is None:
-        raise InputError(
-            f"exporting a {framework} model needs a sample input (a few real rows, e.g."
-            " x_test[:8]): the export is traced and checked on it"
-        )
-    if isinstance(model, str | Path):
-        from nbdeploy.exporters import _keras
-
-        name = name or _onnx.safe_name(Path(model).stem)
-        model = _keras.load_path(Path(model))
-    exported = _export_framework(framework, model, sample, opset=opset)
+    if exporter is not _onnx.EXPORTER:
+        if sample is None:
+            raise InputError(
+                f"exporting a {exporter.framework} model needs a sample input (a few real rows,"
+                " e.g. x_test[:8]): the export is traced and checked on it"
+            )
+        if isinstance(model, str | Path):
+            name = name or safe_name(Path(model).stem)
+            model = _keras.load_path(Path(model))
+    exported = exporter.export(model, sample, opset=opset)
     return _finish(
         exported, model, name=name, labels=label_list or exported.labels, atol=atol, rtol=rtol
     )
 
 
-def _export_framework(
-    framework: str, model: Any, sample: Any, *, opset: int | None
-) -> _onnx.Exported:
-    if framework == "torch":
-        from nbdeploy.exporters import _torch
+def as_artifact(
+    value: Any,
+    sample: Any = None,
+    *,
+    name: str | None = None,
+    labels: Sequence[str] | None = None,
+) -> ModelArtifact:
+    """The artifact for anything a surface accepts as "a model".
 
-        return _torch.export(model, sample, opset=opset)
-    if framework == "keras":
-        from nbdeploy.exporters import _keras
-
-        return _keras.export_keras(model, sample, opset=opset)
-    if framework == "tensorflow":
-        from nbdeploy.exporters import _keras
-
-        return _keras.export_tensorflow(model, sample, opset=opset)
-    from nbdeploy.exporters import _sklearn
-
-    return _sklearn.export(model, sample, opset=opset)
+    A ModelArtifact is returned as is and a directory holding ``nbdeploy.json`` is loaded
+    (``name``, ``labels`` and ``sample`` do not apply to either); anything else (a framework
+    model, an .onnx file or proto, a .keras file, a SavedModel directory) is exported.
+    """
+    found = ModelArtifact.find(value)
+    return found if found is not None else export_model(value, sample, name=name, labels=labels)
 
 
 def _finish(
-    exported: _onnx.Exported,
+    exported: Exported,
     model: Any,
     *,
     name: str | None,
@@ -130,13 +130,37 @@ def _finish(
     atol: float,
     rtol: float,
 ) -> ModelArtifact:
-    """Check signature, parity and batch independence in onnxruntime, then store."""
+    """Check signature, parity and batch independence in onnxruntime, then store.
+
+    An ONNX model taken as given (no reference outputs) is stored without those checks.
+    """
     proto = exported.proto
     signature = Signature.from_onnx(proto)
-    _onnx.require_dynamic_batch(signature, exported.metadata.get("exporter", exported.framework))
+    original = exported.reference is not None
+    if original:
+        _onnx.require_dynamic_batch(
+            signature, exported.metadata.get("exporter", exported.framework)
+        )
     _onnx.check_labels(signature, labels)
+    return store_onnx(
+        proto,
+        name=name or exported.default_name,
+        signature=signature,
+        framework=exported.framework,
+        framework_version=exported.framework_version,
+        parity=_parity(exported, signature, atol=atol, rtol=rtol) if original else None,
+        labels=labels,
+        input_kind=signature.input_kind,
+        source_model=model if original else None,
+        metadata=exported.metadata,
+    )
+
+
+def _parity(exported: Exported, signature: Signature, *, atol: float, rtol: float) -> Parity:
+    """The export's parity with the original; raises ParityError or ExportError when it fails,
+    including when a row's answer depends on the batch it is in."""
     feeds = as_feeds(signature, exported.feeds)
-    with _onnx.saved(proto) as path:
+    with _onnx.saved(exported.proto) as path:
         sess = _ort.session(path)
         outputs = _onnx.run(sess, feeds)
         reference = exported.reference
@@ -148,40 +172,7 @@ def _finish(
         )
         parity.ensure(measured, diffs)
         _onnx.check_batch_independence(sess, feeds, outputs, atol=atol, rtol=rtol)
-    return store_onnx(
-        proto,
-        name=name or exported.default_name,
-        signature=signature,
-        framework=exported.framework,
-        framework_version=exported.framework_version,
-        parity=measured,
-        labels=labels,
-        input_kind=_onnx.input_kind(signature),
-        source_model=model,
-        metadata=exported.metadata,
-    )
-
-
-def _store_onnx_source(
-    source: Any, sample: Any, *, name: str | None, labels: list[str] | None
-) -> ModelArtifact:
-    import onnx
-
-    proto, metadata, default_name = _onnx.export_onnx_source(source, sample)
-    signature = Signature.from_onnx(proto)
-    _onnx.check_labels(signature, labels)
-    return store_onnx(
-        proto,
-        name=name or default_name,
-        signature=signature,
-        framework="onnx",
-        framework_version=onnx.__version__,
-        parity=None,
-        labels=labels,
-        input_kind=_onnx.input_kind(signature),
-        source_model=None,
-        metadata=metadata,
-    )
+    return measured
 
 
 def eager_runner(model: Any, sample: Any) -> Callable[[], Any]:
@@ -199,17 +190,6 @@ def eager_runner(model: Any, sample: Any) -> Callable[[], Any]:
                 " given as ONNX)"
             )
         model = model.source_model
-    framework = framework_of(model)
-    if framework == "onnx" or isinstance(model, str | Path):
+    if isinstance(model, str | Path):
         raise ExportError("an ONNX model has no original framework model to run eagerly")
-    if framework == "torch":
-        from nbdeploy.exporters import _torch
-
-        return _torch.eager_runner(model, sample)
-    if framework in ("keras", "tensorflow"):
-        from nbdeploy.exporters import _keras
-
-        return _keras.eager_runner(model, sample)
-    from nbdeploy.exporters import _sklearn
-
-    return _sklearn.eager_runner(model, sample)
+    return exporter_for(model).eager_runner(model, sample)

@@ -18,25 +18,24 @@ from typing import Any
 
 import numpy as np
 
+from nbdeploy import _format
 from nbdeploy._errors import ExportError, InputError
 from nbdeploy._tensors import check_finite, sample_parts, to_numpy
 from nbdeploy.exporters import _onnx
+from nbdeploy.exporters.base import Exported
+from nbdeploy.vocabulary import safe_name
+
+# Keras wraps every layer error as "Exception encountered when calling X.call()." and puts the
+# actual reason on the next line, so its messages are read two lines deep.
+KERAS_REASON_LINES = 2
 
 KERAS_GENERATED_INPUT_PREFIXES = ("keras_tensor", "input_layer", "args_")
+KERAS_FILE_SUFFIXES = (".keras", ".h5")
 
 
 def is_keras_model(model: Any) -> bool:
     return any(
         cls.__module__.startswith(("keras.", "tf_keras.")) and cls.__name__ in ("Model", "Layer")
-        for cls in type(model).__mro__
-    )
-
-
-def is_tf_object(model: Any) -> bool:
-    """tf.Module, a loaded SavedModel (AutoTrackable) or a tf.function."""
-    return any(
-        cls.__module__.startswith("tensorflow.python.")
-        and cls.__name__ in ("Module", "AutoTrackable", "Function", "ConcreteFunction")
         for cls in type(model).__mro__
     )
 
@@ -119,32 +118,9 @@ def _flatten(result: Any) -> list[np.ndarray] | dict[str, np.ndarray]:
     return [to_numpy(v) for v in tf.nest.flatten(result)]
 
 
-def _versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import tensorflow as tf
-
-    versions = {"tensorflow": tf.__version__, "onnx": onnx.__version__}
-    versions["onnxruntime"] = onnxruntime.__version__
-    with contextlib.suppress(ImportError):
-        import keras
-
-        versions["keras"] = keras.__version__
-    with contextlib.suppress(ImportError):
-        import tf2onnx
-
-        versions["tf2onnx"] = tf2onnx.__version__
-    return versions
-
-
 def _given(parts: list[np.ndarray] | dict[str, np.ndarray]) -> str:
     items = parts.items() if isinstance(parts, dict) else enumerate(parts)
     return ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in items)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return " ".join(lines[:2]) if lines else type(exc).__name__
 
 
 # ----------------------------------------------------------------------------------- Keras
@@ -162,69 +138,6 @@ def _keras_expected(model: Any) -> str:
         return ", ".join(f"{t.name} {list(t.shape)} {t.dtype}" for t in model.inputs)
     except Exception:
         return "unknown"
-
-
-def export_keras(model: Any, sample: Any, *, opset: int | None) -> _onnx.Exported:
-    import_tensorflow()
-    import keras
-
-    parts = sample_parts(sample)
-    check_finite(parts)
-    inputs = _keras_inputs(parts)
-    try:
-        reference = _flatten(model(inputs, training=False))
-    except Exception as exc:
-        raise InputError(
-            f"the Keras model rejected the sample ({_given(parts)}): {_first_line(exc)};"
-            f" it expects {_keras_expected(model)} (None = any size)"
-        ) from exc
-    with tempfile.TemporaryDirectory(prefix="nbdeploy-keras-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        try:
-            with quiet():
-                model.export(str(path), format="onnx", verbose=False, opset_version=opset)
-        except Exception as exc:
-            raise ExportError(
-                f"Keras could not export the model to ONNX: {_first_line(exc)}"
-            ) from exc
-        proto = _onnx.load(path)
-    initializers = {init.name for init in proto.graph.initializer}
-    onnx_inputs = [i.name for i in proto.graph.input if i.name not in initializers]
-    given = len(inputs) if isinstance(inputs, dict | list) else 1
-    if len(onnx_inputs) != given:
-        raise ExportError(
-            f"Keras's ONNX export produced {len(onnx_inputs)} graph inputs {onnx_inputs} for a"
-            f" model taking {given}: it turned internal state into inputs (an adapted"
-            " keras.layers.Normalization does this). Normalize the data before the model, or"
-            " use a layer with constant weights (Rescaling, Dense) instead"
-        )
-    renames = _generated_input_renames(onnx_inputs)
-    onnx_outputs = [o.name for o in proto.graph.output]
-    out_names = _onnx.output_names(len(onnx_outputs))
-    if isinstance(reference, dict) and len(reference) == len(onnx_outputs):
-        out_names = list(reference)
-    renames.update(zip(onnx_outputs, out_names, strict=True))
-    _onnx.rename_io(_onnx.tidy(proto), renames)
-    if isinstance(inputs, dict):
-        feeds = {renames.get(n, n): inputs[n] for n in onnx_inputs if n in inputs}
-        if len(feeds) != len(onnx_inputs):
-            feeds = dict(
-                zip([renames.get(n, n) for n in onnx_inputs], inputs.values(), strict=False)
-            )
-    else:
-        arrays = [inputs] if not isinstance(inputs, list) else inputs
-        feeds = dict(zip([renames.get(n, n) for n in onnx_inputs], arrays, strict=True))
-    return _onnx.Exported(
-        proto=proto,
-        feeds=feeds,
-        reference=reference,
-        framework="keras",
-        framework_version=keras.__version__,
-        default_name=_onnx.safe_name(
-            model.name if getattr(model, "name", "") else type(model).__name__
-        ),
-        metadata={"exporter": "keras", "versions": _versions()},
-    )
 
 
 def _generated_input_renames(names: list[str]) -> dict[str, str]:
@@ -323,80 +236,196 @@ def _batch_none(tf: Any, spec: Any, name: str) -> Any:
     return tf.TensorSpec(shape, spec.dtype, name=name)
 
 
-def export_tensorflow(obj: Any, sample: Any, *, opset: int | None) -> _onnx.Exported:
-    tf = import_tensorflow()
-    import tf2onnx
+# ------------------------------------------------------------------------------ exporters
 
-    parts = sample_parts(sample)
-    check_finite(parts)
-    call, names, specs, arrays = _tf_call(obj, parts)
-    expected = ", ".join(
-        f"{n} {list(s.shape)} {s.dtype.name}" for n, s in zip(names, specs, strict=True)
-    )
-    try:
-        reference = _flatten(
-            call(
-                *[
-                    tf.convert_to_tensor(a, dtype=s.dtype)
-                    for a, s in zip(arrays, specs, strict=True)
-                ]
+
+class _TensorFlowFamily:
+    """Keras and plain TensorFlow run eagerly the same way and record the same versions."""
+
+    def eager_runner(self, model: Any, sample: Any) -> Callable[[], Any]:
+        """A zero-argument callable running the Keras / TensorFlow model once on ``sample``."""
+        tf = import_tensorflow()
+        parts = sample_parts(sample)
+        if is_keras_model(model):
+            if isinstance(parts, dict) and set(parts) != {t.name for t in model.inputs}:
+                parts = list(parts.values())
+            inputs = _keras_inputs(parts)
+            tensors = tf.nest.map_structure(tf.convert_to_tensor, inputs)
+            return lambda: model(tensors, training=False)
+        call, _, specs, arrays = _tf_call(model, parts)
+        tensors = [
+            tf.convert_to_tensor(a, dtype=s.dtype) for a, s in zip(arrays, specs, strict=True)
+        ]
+        return lambda: call(*tensors)
+
+    def versions(self) -> dict[str, str]:
+        import onnx
+        import onnxruntime
+        import tensorflow as tf
+
+        versions = {"tensorflow": tf.__version__, "onnx": onnx.__version__}
+        versions["onnxruntime"] = onnxruntime.__version__
+        with contextlib.suppress(ImportError):
+            import keras
+
+            versions["keras"] = keras.__version__
+        with contextlib.suppress(ImportError):
+            import tf2onnx
+
+            versions["tf2onnx"] = tf2onnx.__version__
+        return versions
+
+
+class KerasExporter(_TensorFlowFamily):
+    """Keras 3 models (Sequential, functional, subclassed) and ``.keras``/``.h5`` files."""
+
+    framework = "keras"
+
+    def detect(self, model: Any) -> bool:
+        if isinstance(model, str | Path):
+            path = Path(model)
+            return path.suffix in KERAS_FILE_SUFFIXES and not is_saved_model_dir(path)
+        return is_keras_model(model)
+
+    def export(self, model: Any, sample: Any, *, opset: int | None) -> Exported:
+        """Through ``model.export(format="onnx")``; Keras-generated input names are replaced."""
+        import_tensorflow()
+        import keras
+
+        parts = sample_parts(sample)
+        check_finite(parts)
+        inputs = _keras_inputs(parts)
+        try:
+            reference = _flatten(model(inputs, training=False))
+        except Exception as exc:
+            raise InputError(
+                f"the Keras model rejected the sample ({_given(parts)}): {_format.first_line(exc, lines=KERAS_REASON_LINES)};"
+                f" it expects {_keras_expected(model)} (None = any size)"
+            ) from exc
+        with tempfile.TemporaryDirectory(prefix="nbdeploy-keras-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            try:
+                with quiet():
+                    model.export(str(path), format="onnx", verbose=False, opset_version=opset)
+            except Exception as exc:
+                raise ExportError(
+                    f"Keras could not export the model to ONNX: {_format.first_line(exc, lines=KERAS_REASON_LINES)}"
+                ) from exc
+            proto = _onnx.load(path)
+        initializers = {init.name for init in proto.graph.initializer}
+        onnx_inputs = [i.name for i in proto.graph.input if i.name not in initializers]
+        given = len(inputs) if isinstance(inputs, dict | list) else 1
+        if len(onnx_inputs) != given:
+            raise ExportError(
+                f"Keras's ONNX export produced {len(onnx_inputs)} graph inputs {onnx_inputs} for a"
+                f" model taking {given}: it turned internal state into inputs (an adapted"
+                " keras.layers.Normalization does this). Normalize the data before the model, or"
+                " use a layer with constant weights (Rescaling, Dense) instead"
             )
-        )
-    except Exception as exc:
-        raise InputError(
-            f"the TensorFlow model rejected the sample ({_given(parts)}): {_first_line(exc)};"
-            f" it expects {expected} (None = any size)"
-        ) from exc
-    with contextlib.suppress(ImportError):
-        from keras.src.export.tf2onnx_lib import patch_tf2onnx
-
-        patch_tf2onnx()
-    try:
-        with quiet():
-            proto, _ = tf2onnx.convert.from_function(call, input_signature=specs, opset=opset)
-    except Exception as exc:
-        raise ExportError(
-            f"tf2onnx could not convert the TensorFlow function: {_first_line(exc)}"
-        ) from exc
-    renames = {i.name: i.name.split(":")[0] for i in proto.graph.input}
-    onnx_outputs = [o.name for o in proto.graph.output]
-    if not (isinstance(reference, dict) and set(reference) == set(onnx_outputs)):
+        renames = _generated_input_renames(onnx_inputs)
+        onnx_outputs = [o.name for o in proto.graph.output]
         out_names = _onnx.output_names(len(onnx_outputs))
         if isinstance(reference, dict) and len(reference) == len(onnx_outputs):
             out_names = list(reference)
         renames.update(zip(onnx_outputs, out_names, strict=True))
-    _onnx.rename_io(_onnx.tidy(proto), renames)
-    default = getattr(obj, "name", None) or type(obj).__name__
-    return _onnx.Exported(
-        proto=proto,
-        feeds=dict(
-            zip(
-                names,
-                [a.astype(s.dtype.as_numpy_dtype) for a, s in zip(arrays, specs, strict=True)],
-                strict=True,
+        _onnx.rename_io(_onnx.tidy(proto), renames)
+        if isinstance(inputs, dict):
+            feeds = {renames.get(n, n): inputs[n] for n in onnx_inputs if n in inputs}
+            if len(feeds) != len(onnx_inputs):
+                feeds = dict(
+                    zip([renames.get(n, n) for n in onnx_inputs], inputs.values(), strict=False)
+                )
+        else:
+            arrays = [inputs] if not isinstance(inputs, list) else inputs
+            feeds = dict(zip([renames.get(n, n) for n in onnx_inputs], arrays, strict=True))
+        return Exported(
+            proto=proto,
+            feeds=feeds,
+            reference=reference,
+            framework=self.framework,
+            framework_version=keras.__version__,
+            default_name=safe_name(
+                model.name if getattr(model, "name", "") else type(model).__name__
+            ),
+            metadata={"exporter": "keras", "versions": self.versions()},
+        )
+
+
+class TensorFlowExporter(_TensorFlowFamily):
+    """tf.Module, tf.function and SavedModel directories (a loaded one is an AutoTrackable)."""
+
+    framework = "tensorflow"
+
+    def detect(self, model: Any) -> bool:
+        if isinstance(model, str | Path):
+            return is_saved_model_dir(Path(model))
+        return any(
+            cls.__module__.startswith("tensorflow.python.")
+            and cls.__name__ in ("Module", "AutoTrackable", "Function", "ConcreteFunction")
+            for cls in type(model).__mro__
+        )
+
+    def export(self, model: Any, sample: Any, *, opset: int | None) -> Exported:
+        """Through tf2onnx, on a tf.function whose batch dims are ``None``."""
+        tf = import_tensorflow()
+        import tf2onnx
+
+        parts = sample_parts(sample)
+        check_finite(parts)
+        call, names, specs, arrays = _tf_call(model, parts)
+        expected = ", ".join(
+            f"{n} {list(s.shape)} {s.dtype.name}" for n, s in zip(names, specs, strict=True)
+        )
+        try:
+            reference = _flatten(
+                call(
+                    *[
+                        tf.convert_to_tensor(a, dtype=s.dtype)
+                        for a, s in zip(arrays, specs, strict=True)
+                    ]
+                )
             )
-        ),
-        reference=reference,
-        framework="tensorflow",
-        framework_version=tf.__version__,
-        default_name=_onnx.safe_name(str(default)),
-        metadata={"exporter": "tf2onnx", "versions": _versions()},
-    )
+        except Exception as exc:
+            raise InputError(
+                f"the TensorFlow model rejected the sample ({_given(parts)}): {_format.first_line(exc, lines=KERAS_REASON_LINES)};"
+                f" it expects {expected} (None = any size)"
+            ) from exc
+        with contextlib.suppress(ImportError):
+            from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+            patch_tf2onnx()
+        try:
+            with quiet():
+                proto, _ = tf2onnx.convert.from_function(call, input_signature=specs, opset=opset)
+        except Exception as exc:
+            raise ExportError(
+                f"tf2onnx could not convert the TensorFlow function: {_format.first_line(exc, lines=KERAS_REASON_LINES)}"
+            ) from exc
+        renames = {i.name: i.name.split(":")[0] for i in proto.graph.input}
+        onnx_outputs = [o.name for o in proto.graph.output]
+        if not (isinstance(reference, dict) and set(reference) == set(onnx_outputs)):
+            out_names = _onnx.output_names(len(onnx_outputs))
+            if isinstance(reference, dict) and len(reference) == len(onnx_outputs):
+                out_names = list(reference)
+            renames.update(zip(onnx_outputs, out_names, strict=True))
+        _onnx.rename_io(_onnx.tidy(proto), renames)
+        default = getattr(model, "name", None) or type(model).__name__
+        return Exported(
+            proto=proto,
+            feeds=dict(
+                zip(
+                    names,
+                    [a.astype(s.dtype.as_numpy_dtype) for a, s in zip(arrays, specs, strict=True)],
+                    strict=True,
+                )
+            ),
+            reference=reference,
+            framework=self.framework,
+            framework_version=tf.__version__,
+            default_name=safe_name(str(default)),
+            metadata={"exporter": "tf2onnx", "versions": self.versions()},
+        )
 
 
-# ---------------------------------------------------------------------------------- eager
-
-
-def eager_runner(model: Any, sample: Any) -> Callable[[], Any]:
-    """A zero-argument callable running the Keras / TensorFlow model once on ``sample``."""
-    tf = import_tensorflow()
-    parts = sample_parts(sample)
-    if is_keras_model(model):
-        if isinstance(parts, dict) and set(parts) != {t.name for t in model.inputs}:
-            parts = list(parts.values())
-        inputs = _keras_inputs(parts)
-        tensors = tf.nest.map_structure(tf.convert_to_tensor, inputs)
-        return lambda: model(tensors, training=False)
-    call, _, specs, arrays = _tf_call(model, parts)
-    tensors = [tf.convert_to_tensor(a, dtype=s.dtype) for a, s in zip(arrays, specs, strict=True)]
-    return lambda: call(*tensors)
+KERAS = KerasExporter()
+TENSORFLOW = TensorFlowExporter()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +15,10 @@ from nbdeploy import _ort
 from nbdeploy._errors import ExportError, InputError, NbdeployError
 from nbdeploy._tensors import as_feeds, check_finite, sample_parts
 from nbdeploy._types import Signature
+from nbdeploy.exporters.base import Exported
+from nbdeploy.vocabulary import safe_name
 
 GENERIC_GRAPH_NAMES = {"", "main_graph", "torch_jit", "tf2onnx", "model", "graph"}
-
-
-@dataclass
-class Exported:
-    """What a framework exporter hands back: the ONNX model and the original's answers.
-
-    ``feeds`` are the sample as the original model saw it, keyed by ONNX input name;
-    ``reference`` are the original model's outputs on them (a list in ONNX output order, or a
-    mapping by output name).
-    """
-
-    proto: Any
-    feeds: dict[str, np.ndarray]
-    reference: list[np.ndarray] | dict[str, np.ndarray]
-    framework: str
-    framework_version: str | None
-    default_name: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    labels: list[str] | None = None
 
 
 def load(source: Any) -> Any:
@@ -202,26 +184,6 @@ def check_batch_independence(
             )
 
 
-def input_kind(signature: Signature) -> str:
-    """Guess what a demo should offer: image upload, text box, tabular form or raw tensor."""
-    specs = signature.inputs
-    if not specs:
-        return "tensor"
-    if any(s.dtype == "str" for s in specs):
-        return "text"
-    if all(s.dtype.startswith(("int", "uint")) and len(s.shape) == 2 for s in specs):
-        return "text"
-    if len(specs) == 1 and specs[0].dtype.startswith("float"):
-        shape = specs[0].shape
-        if len(shape) == 4:
-            return "image"
-        if len(shape) == 3 and all(d >= 8 for d in shape[1:]):
-            return "image"
-        if len(shape) == 2 and 0 < shape[1] <= 512:
-            return "tabular"
-    return "tensor"
-
-
 def check_labels(signature: Signature, labels: list[str] | None) -> None:
     """Labels must name the columns of some 2-D output, or the demo would mislabel classes."""
     if labels is None:
@@ -236,45 +198,68 @@ def check_labels(signature: Signature, labels: list[str] | None) -> None:
         )
 
 
-def safe_name(text: str, fallback: str = "model") -> str:
-    """A name usable as a directory and a V2 model name: lower-case letters, digits, ._-."""
-    cleaned = re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-._")
-    return cleaned or fallback
-
-
-def export_onnx_source(source: Any, sample: Any) -> tuple[Any, dict[str, Any], str]:
-    """Validate an ONNX file/proto and, given a sample, check that it runs on it.
-
-    Returns the proto, metadata and a default name. There is no original model to compare
-    with, so no parity is measured.
+class OnnxExporter:
+    """ONNX files and protos, stored as given: validated, and run on the sample when there is
+    one, but with no original model there is no parity to measure and nothing to run eagerly.
     """
-    import onnx
 
-    proto = tidy(load(source))
-    is_path = not isinstance(source, onnx.ModelProto)
-    default_name = safe_name(Path(source).stem) if is_path else _graph_name(proto)
-    try:
-        onnx.checker.check_model(str(source) if is_path else proto)
-    except Exception as exc:
-        raise ExportError(f"the ONNX model is invalid: {exc}") from exc
-    metadata: dict[str, Any] = {
-        "exporter": "onnx",
-        "producer": " ".join(p for p in (proto.producer_name, proto.producer_version) if p) or None,
-    }
-    if sample is not None:
-        signature = Signature.from_onnx(proto)
-        parts = sample_parts(sample)
-        check_finite(parts)
-        feeds = as_feeds(signature, sample)
-        with saved(proto) as path:
-            try:
-                run(path, feeds)
-            except NbdeployError as exc:
-                raise InputError(
-                    f"the ONNX model does not run on the sample: {exc}"
-                    f" (it expects {[(s.name, s.dtype, list(s.shape)) for s in signature.inputs]})"
-                ) from exc
-    return proto, metadata, default_name
+    framework = "onnx"
+
+    def detect(self, model: Any) -> bool:
+        """A ModelProto, or any path: the registry asks Keras and TensorFlow about paths first."""
+        cls = type(model)
+        return isinstance(model, str | Path) or (
+            cls.__module__.startswith("onnx") and cls.__name__ == "ModelProto"
+        )
+
+    def export(self, model: Any, sample: Any, *, opset: int | None) -> Exported:
+        """The validated proto; ``opset`` is ignored, an ONNX model keeps its own."""
+        import onnx
+
+        proto = tidy(load(model))
+        is_path = not isinstance(model, onnx.ModelProto)
+        try:
+            onnx.checker.check_model(str(model) if is_path else proto)
+        except Exception as exc:
+            raise ExportError(f"the ONNX model is invalid: {exc}") from exc
+        if sample is not None:
+            _check_runs_on(proto, sample)
+        producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
+        return Exported(
+            proto=proto,
+            feeds={},
+            reference=None,
+            framework=self.framework,
+            framework_version=self.versions()["onnx"],
+            default_name=safe_name(Path(model).stem) if is_path else _graph_name(proto),
+            metadata={"exporter": "onnx", "producer": producer or None},
+        )
+
+    def eager_runner(self, model: Any, sample: Any) -> Callable[[], Any]:
+        raise ExportError("an ONNX model has no original framework model to run eagerly")
+
+    def versions(self) -> dict[str, str]:
+        import onnx
+
+        return {"onnx": onnx.__version__}
+
+
+EXPORTER = OnnxExporter()
+
+
+def _check_runs_on(proto: Any, sample: Any) -> None:
+    """A sample the model cannot run on is the caller's mistake: say what it expects."""
+    signature = Signature.from_onnx(proto)
+    check_finite(sample_parts(sample))
+    feeds = as_feeds(signature, sample)
+    with saved(proto) as path:
+        try:
+            run(path, feeds)
+        except NbdeployError as exc:
+            raise InputError(
+                f"the ONNX model does not run on the sample: {exc}"
+                f" (it expects {[(s.name, s.dtype, list(s.shape)) for s in signature.inputs]})"
+            ) from exc
 
 
 def _graph_name(proto: Any) -> str:

@@ -14,16 +14,13 @@ from typing import Any
 import numpy as np
 
 from nbdeploy._errors import ExportError, InputError
+from nbdeploy._format import first_line
 from nbdeploy._tensors import check_finite, sample_parts
 from nbdeploy.exporters import _onnx
+from nbdeploy.exporters.base import Exported
+from nbdeploy.vocabulary import safe_name
 
 INPUT_NAME = "input"
-
-
-def is_sklearn_estimator(model: Any) -> bool:
-    return hasattr(model, "fit") and any(
-        cls.__module__.startswith("sklearn.") for cls in type(model).__mro__
-    )
 
 
 def features(sample: Any) -> np.ndarray:
@@ -65,57 +62,6 @@ def _outputs(model: Any, x: np.ndarray) -> dict[str, np.ndarray]:
     return {"variable": np.asarray(model.transform(x))}
 
 
-def export(model: Any, sample: Any, *, opset: int | None) -> _onnx.Exported:
-    import sklearn
-    from sklearn.base import is_classifier, is_regressor
-    from sklearn.exceptions import NotFittedError
-    from sklearn.utils.validation import check_is_fitted
-
-    x = features(sample)
-    try:
-        check_is_fitted(model)
-    except NotFittedError as exc:
-        raise ExportError(
-            f"the {type(model).__name__} is not fitted yet: call fit() first"
-        ) from exc
-    expected = getattr(model, "n_features_in_", None)
-    if expected is not None and x.shape[1] != expected:
-        raise InputError(
-            f"the {type(model).__name__} was fitted on {expected} features; the sample has"
-            f" shape {list(x.shape)} ({x.shape[1]} features)"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reference = _outputs(model, x)
-    except Exception as exc:
-        raise InputError(
-            f"the {type(model).__name__} rejected the sample of shape {list(x.shape)}: {exc}"
-        ) from exc
-    proto = _convert(model, x.shape[1], opset=opset, classifier=is_classifier(model))
-    renames = {}
-    if "variable" in reference:
-        renames["variable"] = "prediction" if is_regressor(model) else "output"
-        reference = {renames["variable"]: reference["variable"]}
-    _onnx.rename_io(_onnx.tidy(proto), renames)
-    metadata: dict[str, Any] = {"exporter": "skl2onnx", "versions": _versions()}
-    labels = None
-    classes = getattr(model, "classes_", None)
-    if is_classifier(model) and classes is not None:
-        metadata["classes"] = np.asarray(classes).tolist()
-        labels = [str(c) for c in np.asarray(classes).tolist()]
-    return _onnx.Exported(
-        proto=proto,
-        feeds={INPUT_NAME: x},
-        reference=reference,
-        framework="sklearn",
-        framework_version=sklearn.__version__,
-        default_name=_onnx.safe_name(type(model).__name__),
-        metadata=metadata,
-        labels=labels,
-    )
-
-
 def _convert(model: Any, n_features: int, *, opset: int | None, classifier: bool) -> Any:
     """Convert with ZipMap off; classifiers that never emit a ZipMap reject that option."""
     from skl2onnx import convert_sklearn
@@ -141,28 +87,90 @@ def _convert(model: Any, n_features: int, *, opset: int | None, classifier: bool
 
 
 def _conversion_error(model: Any, exc: BaseException) -> ExportError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ExportError(f"skl2onnx cannot convert {type(model).__name__}: {first}")
+    return ExportError(f"skl2onnx cannot convert {type(model).__name__}: {first_line(exc)}")
 
 
-def _versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import sklearn
+class SklearnExporter:
+    """scikit-learn estimators and pipelines, through skl2onnx with ZipMap off."""
 
-    versions = {"sklearn": sklearn.__version__, "onnx": onnx.__version__}
-    versions["onnxruntime"] = onnxruntime.__version__
-    with contextlib.suppress(ImportError):
-        import skl2onnx
+    framework = "sklearn"
 
-        versions["skl2onnx"] = skl2onnx.__version__
-    return versions
+    def detect(self, model: Any) -> bool:
+        return hasattr(model, "fit") and any(
+            cls.__module__.startswith("sklearn.") for cls in type(model).__mro__
+        )
+
+    def export(self, model: Any, sample: Any, *, opset: int | None) -> Exported:
+        """One float32 feature matrix in; ``label`` and ``probabilities`` out for classifiers."""
+        import sklearn
+        from sklearn.base import is_classifier, is_regressor
+        from sklearn.exceptions import NotFittedError
+        from sklearn.utils.validation import check_is_fitted
+
+        x = features(sample)
+        try:
+            check_is_fitted(model)
+        except NotFittedError as exc:
+            raise ExportError(
+                f"the {type(model).__name__} is not fitted yet: call fit() first"
+            ) from exc
+        expected = getattr(model, "n_features_in_", None)
+        if expected is not None and x.shape[1] != expected:
+            raise InputError(
+                f"the {type(model).__name__} was fitted on {expected} features; the sample has"
+                f" shape {list(x.shape)} ({x.shape[1]} features)"
+            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                reference = _outputs(model, x)
+        except Exception as exc:
+            raise InputError(
+                f"the {type(model).__name__} rejected the sample of shape {list(x.shape)}: {exc}"
+            ) from exc
+        proto = _convert(model, x.shape[1], opset=opset, classifier=is_classifier(model))
+        renames = {}
+        if "variable" in reference:
+            renames["variable"] = "prediction" if is_regressor(model) else "output"
+            reference = {renames["variable"]: reference["variable"]}
+        _onnx.rename_io(_onnx.tidy(proto), renames)
+        metadata: dict[str, Any] = {"exporter": "skl2onnx", "versions": self.versions()}
+        labels = None
+        classes = getattr(model, "classes_", None)
+        if is_classifier(model) and classes is not None:
+            metadata["classes"] = np.asarray(classes).tolist()
+            labels = [str(c) for c in np.asarray(classes).tolist()]
+        return Exported(
+            proto=proto,
+            feeds={INPUT_NAME: x},
+            reference=reference,
+            framework=self.framework,
+            framework_version=sklearn.__version__,
+            default_name=safe_name(type(model).__name__),
+            metadata=metadata,
+            labels=labels,
+        )
+
+    def eager_runner(self, model: Any, sample: Any) -> Callable[[], Any]:
+        """A zero-argument callable: ``predict_proba`` for classifiers that have it, else ``predict``."""
+        x = features(sample)
+        method = getattr(model, "predict_proba", None) or getattr(model, "predict", None)
+        if method is None:
+            method = model.transform
+        return lambda: method(x)
+
+    def versions(self) -> dict[str, str]:
+        import onnx
+        import onnxruntime
+        import sklearn
+
+        versions = {"sklearn": sklearn.__version__, "onnx": onnx.__version__}
+        versions["onnxruntime"] = onnxruntime.__version__
+        with contextlib.suppress(ImportError):
+            import skl2onnx
+
+            versions["skl2onnx"] = skl2onnx.__version__
+        return versions
 
 
-def eager_runner(model: Any, sample: Any) -> Callable[[], Any]:
-    """A zero-argument callable: ``predict_proba`` for classifiers that have it, else ``predict``."""
-    x = features(sample)
-    method = getattr(model, "predict_proba", None) or getattr(model, "predict", None)
-    if method is None:
-        method = model.transform
-    return lambda: method(x)
+EXPORTER = SklearnExporter()

@@ -15,18 +15,14 @@ from typing import Any
 import numpy as np
 
 from nbdeploy._errors import ExportError, InputError, NbdeployError
+from nbdeploy._format import first_line
 from nbdeploy._tensors import check_finite, sample_parts, to_numpy
 from nbdeploy._types import Signature
 from nbdeploy.exporters import _onnx
+from nbdeploy.exporters.base import Exported
+from nbdeploy.vocabulary import safe_name
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def is_torch_module(model: Any) -> bool:
-    return any(
-        cls.__module__ == "torch.nn.modules.module" and cls.__name__ == "Module"
-        for cls in type(model).__mro__
-    )
 
 
 def prepare_inputs(model: Any, sample: Any) -> tuple[list[str], list[Any]]:
@@ -109,7 +105,7 @@ def run_eager(model: Any, tensors: list[Any], names: list[str]) -> list[np.ndarr
             for n, t in zip(names, tensors, strict=True)
         )
         raise InputError(
-            f"the model rejected the sample ({given}): {_first_line(exc)}" + _expected_hint(model)
+            f"the model rejected the sample ({given}): {first_line(exc)}" + _expected_hint(model)
         ) from exc
     return flatten_outputs(result)
 
@@ -126,16 +122,11 @@ def flatten_outputs(result: Any) -> list[np.ndarray] | dict[str, np.ndarray]:
     return [to_numpy(result)]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _root_cause(exc: BaseException) -> str:
     """The innermost cause's first line: exporters wrap the real reason in generic advice."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    return f"{type(exc).__name__}: {ANSI_ESCAPE.sub('', _first_line(exc))}"
+    return ANSI_ESCAPE.sub("", first_line(exc, with_type=True))
 
 
 def _expected_hint(model: Any) -> str:
@@ -157,47 +148,6 @@ def _expected_hint(model: Any) -> str:
                 f" [0, {module.num_embeddings})"
             )
     return ""
-
-
-def export(model: Any, sample: Any, *, opset: int | None) -> _onnx.Exported:
-    """Export with dynamo (dynamic batch, dynamic sequence for token ids), else TorchScript."""
-    import torch
-
-    names, tensors = prepare_inputs(model, sample)
-    reference = run_eager(model, tensors, names)
-    n_outputs = len(reference)
-    out_names = list(reference) if isinstance(reference, dict) else _onnx.output_names(n_outputs)
-    feeds = {n: t.numpy() for n, t in zip(names, tensors, strict=True)}
-    failures: list[str] = []
-    for label, exporter in _exporter_order():
-        try:
-            with eval_mode(model), quiet():
-                proto = exporter(model, tensors, names, out_names, opset)
-            proto = _onnx.tidy(proto)
-            _onnx.require_dynamic_batch(Signature.from_onnx(proto), label)
-            with _onnx.saved(proto) as path:
-                _onnx.run(path, feeds)
-        except NbdeployError as exc:
-            failures.append(f"{label}: {exc}")
-            continue
-        except Exception as exc:
-            failures.append(f"{label}: {_root_cause(exc)}")
-            continue
-        metadata: dict[str, Any] = {"exporter": label, "versions": _versions()}
-        if failures:
-            metadata["fallback_reason"] = "; ".join(failures)
-        return _onnx.Exported(
-            proto=proto,
-            feeds=feeds,
-            reference=reference,
-            framework="torch",
-            framework_version=torch.__version__,
-            default_name=_onnx.safe_name(type(model).__name__),
-            metadata=metadata,
-        )
-    raise ExportError(
-        f"torch could not export {type(model).__name__} to ONNX; " + "; ".join(failures)
-    )
 
 
 def _exporter_order() -> list[tuple[str, Callable[..., Any]]]:
@@ -286,36 +236,91 @@ def quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import torch
+class TorchExporter:
+    """torch.nn.Module: the dynamo exporter first, the TorchScript exporter as fallback."""
 
-    versions = {
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
-    with contextlib.suppress(ImportError):
-        import onnxscript
+    framework = "torch"
 
-        versions["onnxscript"] = onnxscript.__version__
-    return versions
+    def detect(self, model: Any) -> bool:
+        return any(
+            cls.__module__ == "torch.nn.modules.module" and cls.__name__ == "Module"
+            for cls in type(model).__mro__
+        )
+
+    def export(self, model: Any, sample: Any, *, opset: int | None) -> Exported:
+        """Export with dynamo (dynamic batch, dynamic sequence for token ids), else TorchScript."""
+        import torch
+
+        names, tensors = prepare_inputs(model, sample)
+        reference = run_eager(model, tensors, names)
+        n_outputs = len(reference)
+        out_names = (
+            list(reference) if isinstance(reference, dict) else _onnx.output_names(n_outputs)
+        )
+        feeds = {n: t.numpy() for n, t in zip(names, tensors, strict=True)}
+        failures: list[str] = []
+        for label, exporter in _exporter_order():
+            try:
+                with eval_mode(model), quiet():
+                    proto = exporter(model, tensors, names, out_names, opset)
+                proto = _onnx.tidy(proto)
+                _onnx.require_dynamic_batch(Signature.from_onnx(proto), label)
+                with _onnx.saved(proto) as path:
+                    _onnx.run(path, feeds)
+            except NbdeployError as exc:
+                failures.append(f"{label}: {exc}")
+                continue
+            except Exception as exc:
+                failures.append(f"{label}: {_root_cause(exc)}")
+                continue
+            metadata: dict[str, Any] = {"exporter": label, "versions": self.versions()}
+            if failures:
+                metadata["fallback_reason"] = "; ".join(failures)
+            return Exported(
+                proto=proto,
+                feeds=feeds,
+                reference=reference,
+                framework=self.framework,
+                framework_version=torch.__version__,
+                default_name=safe_name(type(model).__name__),
+                metadata=metadata,
+            )
+        raise ExportError(
+            f"torch could not export {type(model).__name__} to ONNX; " + "; ".join(failures)
+        )
+
+    def eager_runner(self, model: Any, sample: Any) -> Callable[[], Any]:
+        """A zero-argument callable running the model once on ``sample`` (inference mode)."""
+        import torch
+
+        if isinstance(sample, Mapping) and not set(sample) <= set(_forward_params(model)):
+            sample = list(sample.values())
+        _, tensors = prepare_inputs(model, sample)
+
+        def run_once() -> Any:
+            with torch.inference_mode():
+                if not model.training:
+                    return model(*tensors)
+                with eval_mode(model):
+                    return model(*tensors)
+
+        return run_once
+
+    def versions(self) -> dict[str, str]:
+        import onnx
+        import onnxruntime
+        import torch
+
+        versions = {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        }
+        with contextlib.suppress(ImportError):
+            import onnxscript
+
+            versions["onnxscript"] = onnxscript.__version__
+        return versions
 
 
-def eager_runner(model: Any, sample: Any) -> Callable[[], Any]:
-    """A zero-argument callable running the model once on ``sample`` (inference mode)."""
-    import torch
-
-    if isinstance(sample, Mapping) and not set(sample) <= set(_forward_params(model)):
-        sample = list(sample.values())
-    _, tensors = prepare_inputs(model, sample)
-
-    def run_once() -> Any:
-        with torch.inference_mode():
-            if not model.training:
-                return model(*tensors)
-            with eval_mode(model):
-                return model(*tensors)
-
-    return run_once
+EXPORTER = TorchExporter()
