@@ -72,7 +72,7 @@ def server_rss_mb(endpoint: Any) -> float | None:
 def image_sizes_mb(endpoint: Any) -> dict[str, float] | None:
     if endpoint.runtime != "docker":
         return None
-    from nbdeploy import image
+    from nbdeploy.runtimes import image
     from nbdeploy.runtimes.docker import DockerRuntime
 
     client = image.docker_client()
@@ -150,7 +150,7 @@ def main() -> int:
     results: dict[str, Any] = {"runtime": runtime, "machine": machine_info(), "quick": args.quick}
 
     if runtime == "docker" and not args.quick:
-        from nbdeploy import image
+        from nbdeploy.runtimes import image
 
         began = time.perf_counter()
         image.ensure_server_image(rebuild=True)

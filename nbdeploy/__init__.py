@@ -29,6 +29,10 @@ _EXPORTS: dict[str, str] = {
     "Quantization": "nbdeploy._types",
     "BenchmarkReport": "nbdeploy.bench",
     "Endpoint": "nbdeploy.endpoint",
+    "Deployment": "nbdeploy.vocabulary",
+    "DeploymentView": "nbdeploy.vocabulary",
+    "ServerSettings": "nbdeploy.vocabulary",
+    "ProgressEvent": "nbdeploy.vocabulary",
     "DeployPanel": "nbdeploy.jupyter.panel",
     "NbdeployError": "nbdeploy._errors",
     "ExportError": "nbdeploy._errors",
@@ -38,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "RepositoryError": "nbdeploy._errors",
     "DeployError": "nbdeploy._errors",
     "InputError": "nbdeploy._errors",
+    "InferenceError": "nbdeploy._errors",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -47,6 +52,7 @@ if TYPE_CHECKING:
         BenchmarkError,
         DeployError,
         ExportError,
+        InferenceError,
         InputError,
         NbdeployError,
         ParityError,
@@ -71,6 +77,7 @@ if TYPE_CHECKING:
     from nbdeploy.bench import BenchmarkReport
     from nbdeploy.endpoint import Endpoint
     from nbdeploy.jupyter.panel import DeployPanel
+    from nbdeploy.vocabulary import Deployment, DeploymentView, ProgressEvent, ServerSettings
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -33,3 +33,11 @@ class DeployError(NbdeployError):
 
 class InputError(NbdeployError):
     """A sample or request does not match what the model expects."""
+
+
+class InferenceError(NbdeployError):
+    """The endpoint answered an inference request with an error status (it was reached)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status

@@ -1,4 +1,8 @@
-"""The public functions every surface (magic, panel, CLI, REST) calls. Thin: each delegates."""
+"""The public functions every surface (magic, panel, CLI, REST) calls.
+
+A facade: each function states its whole signature and delegates to one core module; nothing
+below it imports this module. Deployments come back as :class:`Endpoint` handles.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbdeploy.artifact import ModelArtifact
+from nbdeploy.endpoint import Endpoint
+from nbdeploy.vocabulary import (
+    AUTO_CANDIDATES,
+    DeploymentView,
+    Progress,
+    QuantizeChoice,
+    QuantizeMode,
+    RuntimeChoice,
+    ServerSettings,
+)
 
 if TYPE_CHECKING:
     from nbdeploy.bench import BenchmarkReport
-    from nbdeploy.endpoint import Endpoint
+    from nbdeploy.demo import DemoServer
 
 
 def export(
@@ -35,58 +49,78 @@ def export(
 
 def quantize(
     artifact: ModelArtifact | str | Path,
-    modes: Iterable[str] = ("int8", "fp16"),
+    modes: Iterable[QuantizeMode] | QuantizeMode = AUTO_CANDIDATES,
     *,
     calibration: Any = None,
     labels: Any = None,
 ) -> list[ModelArtifact]:
     """Make quantized variants of an fp32 artifact, each with size, parity and accuracy delta."""
+    from nbdeploy.exporters import as_artifact
     from nbdeploy.optimize import quantize_variants
 
-    return quantize_variants(_as_artifact(artifact), modes, calibration=calibration, labels=labels)
+    return quantize_variants(as_artifact(artifact), modes, calibration=calibration, labels=labels)
 
 
 def benchmark(
     targets: Any,
-    sample: Any,
+    sample: Any = None,
     *,
     batch_sizes: Sequence[int] = (1, 8),
     concurrency: Sequence[int] = (1, 4, 16),
-    **options: Any,
+    time_budget_s: float = 2.0,
+    warmup: int = 5,
+    min_runs: int = 20,
+    threads: int | None = None,
+    baseline: bool = True,
+    payloads: Sequence[str] | None = None,
+    duration_s: float = 3.0,
 ) -> BenchmarkReport:
     """Measure latency and throughput on ``sample``: in-process for models and artifacts,
     over HTTP (a closed-loop sweep over ``concurrency``, JSON and binary) for Endpoints.
 
-    ``targets`` may mix both; the rows land in one BenchmarkReport.
+    ``targets`` may mix both; the rows land in one BenchmarkReport. Without a sample, ONNX
+    models get random inputs shaped after their signature (framework models need one).
+    ``time_budget_s``, ``min_runs``, ``threads`` and ``baseline`` shape the in-process runs;
+    ``payloads`` and ``duration_s`` the HTTP sweep; ``warmup`` calls go untimed in both.
     """
     from nbdeploy.bench import benchmark as run_in_process
-    from nbdeploy.endpoint import Endpoint
+    from nbdeploy.bench_http import PAYLOADS, benchmark_endpoint
 
     items = list(targets) if isinstance(targets, list | tuple) else [targets]
     endpoints = [t for t in items if isinstance(t, Endpoint)]
     others = [t for t in items if not isinstance(t, Endpoint)]
-    http_options = {k: options.pop(k) for k in ("payloads", "duration_s") if k in options}
-    report = (
-        run_in_process(others, sample, batch_sizes=batch_sizes, **options)
-        if others or not endpoints
-        else None
-    )
-    if endpoints:
-        from nbdeploy.bench_http import benchmark_endpoint
-
-        for endpoint in endpoints:
-            http = benchmark_endpoint(
-                endpoint, sample, concurrency=concurrency, batch_sizes=batch_sizes, **http_options
-            )
-            report = http if report is None else report.merge(http)
+    report = None
+    if others or not endpoints:
+        report = run_in_process(
+            others,
+            sample,
+            batch_sizes=batch_sizes,
+            time_budget_s=time_budget_s,
+            warmup=warmup,
+            min_runs=min_runs,
+            threads=threads,
+            baseline=baseline,
+        )
+    for endpoint in endpoints:
+        http = benchmark_endpoint(
+            endpoint,
+            sample,
+            concurrency=concurrency,
+            batch_sizes=batch_sizes,
+            payloads=payloads or PAYLOADS,
+            duration_s=duration_s,
+            warmup=warmup,
+        )
+        report = http if report is None else report.merge(http)
     return report
 
 
 def register(artifact: ModelArtifact | str | Path, *, name: str | None = None) -> ModelArtifact:
     """Copy an artifact into the model repository as a new immutable version."""
+    from nbdeploy.exporters import as_artifact
     from nbdeploy.repository import ModelRepository
 
-    return ModelRepository().register(_as_artifact(artifact), name=name)
+    return ModelRepository().register(as_artifact(artifact), name=name)
 
 
 def model(name: str, version: int | None = None) -> ModelArtifact:
@@ -96,29 +130,11 @@ def model(name: str, version: int | None = None) -> ModelArtifact:
     return ModelRepository().get(name, version)
 
 
-def models() -> list[dict[str, Any]]:
-    """Every registered model version, newest first, as plain dicts."""
+def models(name: str | None = None) -> list[dict[str, Any]]:
+    """Every registered model version (of ``name``, or of all), newest first, as plain dicts."""
     from nbdeploy.repository import ModelRepository
 
-    return ModelRepository().list_versions()
-
-
-def _as_artifact(value: ModelArtifact | str | Path) -> ModelArtifact:
-    """Accept an artifact, its directory, or a bare ``.onnx`` path."""
-    if isinstance(value, ModelArtifact):
-        return value
-    if isinstance(value, str | Path):
-        path = Path(value)
-        if path.is_dir():
-            return ModelArtifact.load(path)
-        from nbdeploy.exporters import export_model
-
-        return export_model(path, None, name=None)
-    from nbdeploy._errors import NbdeployError
-
-    raise NbdeployError(
-        f"expected a ModelArtifact, an artifact directory or an .onnx path; got {type(value).__name__}"
-    )
+    return ModelRepository().list_versions(name)
 
 
 def deploy(
@@ -126,23 +142,37 @@ def deploy(
     sample: Any = None,
     *,
     name: str | None = None,
-    quantize: str | None = None,
-    runtime: str = "auto",
+    quantize: QuantizeChoice | None = None,
+    runtime: RuntimeChoice = "auto",
     labels: Sequence[str] | None = None,
     port: int | None = None,
     auth: bool = True,
-    **options: Any,
+    calibration: Any = None,
+    max_batch_size: int = 32,
+    max_queue_delay_ms: float = 2.0,
+    batching: bool = True,
+    cpus: float | None = None,
+    memory: str | None = "1g",
+    timeout: float = 120.0,
+    progress: Progress | None = None,
 ) -> Endpoint:
     """Export/quantize as asked, register a version and serve it as a local V2 endpoint.
 
     ``model`` is a framework model (with ``sample``), a ModelArtifact, or an ``.onnx`` path.
     Deploying an existing name is a blue-green switch: the new version serves before the old
-    one stops. ``options`` reach :func:`nbdeploy.deployment.deploy` (``max_batch_size``,
-    ``max_queue_delay_ms``, ``batching``, ``cpus``, ``memory``, ``timeout``, ``progress``).
+    one stops. ``max_batch_size``, ``max_queue_delay_ms``, ``batching``, ``cpus`` and
+    ``memory`` tune the server; ``progress`` receives a ProgressEvent per step.
     """
-    from nbdeploy.deployment import deploy as run_deploy
+    from nbdeploy import deployment
 
-    return run_deploy(
+    settings = ServerSettings(
+        max_batch_size=max_batch_size,
+        max_queue_delay_ms=max_queue_delay_ms,
+        batching=batching,
+        cpus=cpus,
+        memory=memory,
+    )
+    record = deployment.deploy(
         model,
         sample=sample,
         name=name,
@@ -151,38 +181,102 @@ def deploy(
         labels=labels,
         port=port,
         auth=auth,
-        **options,
+        calibration=calibration,
+        settings=settings,
+        timeout=timeout,
+        progress=progress,
     )
+    return Endpoint(record)
 
 
 def deployments() -> list[Endpoint]:
     """Every active deployment, one Endpoint per name."""
-    from nbdeploy.deployment import deployments as active
+    from nbdeploy import deployment
 
-    return active()
+    return [Endpoint(record) for record in deployment.active()]
+
+
+def deployment_views() -> list[DeploymentView]:
+    """What every surface lists: each active deployment with its live status and latency."""
+    return [endpoint.view() for endpoint in deployments()]
 
 
 def get(name: str) -> Endpoint:
     """The active deployment called ``name``; works again after a kernel restart."""
-    from nbdeploy.deployment import get as find
+    from nbdeploy import deployment
 
-    return find(name)
+    return Endpoint(deployment.current(name))
 
 
 def undeploy(name: str) -> list[int]:
     """Stop the deployment called ``name``; returns the versions stopped."""
-    from nbdeploy.deployment import undeploy as stop
+    from nbdeploy import deployment
+
+    return deployment.undeploy(name)
+
+
+def rollback(
+    name: str,
+    version: int | None = None,
+    *,
+    timeout: float = 120.0,
+    progress: Progress | None = None,
+) -> Endpoint:
+    """Serve an earlier version of ``name`` (the previous one by default), blue-green."""
+    from nbdeploy import deployment
+
+    return Endpoint(deployment.rollback(name, version, timeout=timeout, progress=progress))
+
+
+def framework_of(model: Any) -> str | None:
+    """The framework ``model`` belongs to (``torch``, ``sklearn``, ``onnx``, ...), or None
+    when nbdeploy cannot export it; recognised without importing any framework."""
+    from nbdeploy._errors import ExportError
+    from nbdeploy.exporters import framework_of as detect
+
+    try:
+        return detect(model)
+    except ExportError:
+        return None
+
+
+def demo(name: str, *, port: int | None = None, open_browser: bool = False) -> DemoServer:
+    """Start (or reuse) the Voila demo page of deployment ``name``."""
+    from nbdeploy.demo import launch_demo
+
+    return launch_demo(name, port=port, open_browser=open_browser)
+
+
+def stop_demo(name: str) -> bool:
+    """Stop the demo server of ``name``; True if one was running."""
+    from nbdeploy.demo import stop_demo as stop
 
     return stop(name)
 
 
-def rollback(name: str, version: int | None = None) -> Endpoint:
-    """Serve an earlier version of ``name`` (the previous one by default), blue-green."""
-    from nbdeploy.deployment import rollback as back
+def demo_url(name: str, *, jupyter_root: str | None = None) -> str | None:
+    """Where the demo of ``name`` can be opened, or None when there is none.
 
-    return back(name, version)
+    With ``jupyter_root`` (the root dir of a Jupyter server running Voila's extension) and the
+    demo notebook under it, a path relative to Jupyter's base URL, which works for remote
+    users too; otherwise the URL of a running demo server on 127.0.0.1.
+    """
+    from nbdeploy import demo as demos
+    from nbdeploy._errors import NbdeployError
+
+    if jupyter_root is not None and demos.demo_path(name).exists():
+        try:
+            return demos.voila_extension_path(name, jupyter_root)
+        except NbdeployError:
+            pass
+    return next((server.url for server in demos.running_demos() if server.name == name), None)
 
 
-def deployment_rows() -> list[dict[str, Any]]:
-    """Active deployments as plain dicts with their live status, for tables and JSON."""
-    return [endpoint.to_dict() for endpoint in deployments()]
+def select_variant(
+    fp32: ModelArtifact, variants: list[ModelArtifact], report: BenchmarkReport
+) -> ModelArtifact:
+    """The variant ``quantize="auto"`` would serve: the fastest at batch 1 whose top-1
+    agreement with fp32 is at least 99% (fp32 itself when none is)."""
+    from nbdeploy.optimize import select_auto
+
+    return select_auto(fp32, variants, report.latency_ms(batch_size=1))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbdeploy import _settings
+from nbdeploy import _format, _settings
 from nbdeploy._types import Parity, Quantization, Signature
 
 METADATA_FILE = "nbdeploy.json"
@@ -107,6 +107,17 @@ class ModelArtifact:
         write_json_atomic(self.directory / METADATA_FILE, self.to_dict())
 
     @classmethod
+    def find(cls, value: Any) -> ModelArtifact | None:
+        """``value`` itself when it is an artifact, the artifact in it when it is an artifact
+        directory (one holding ``nbdeploy.json``), else None: the one test every caller uses
+        before deciding to export or to time a raw model."""
+        if isinstance(value, ModelArtifact):
+            return value
+        if isinstance(value, str | Path) and (Path(value) / METADATA_FILE).is_file():
+            return cls.load(value)
+        return None
+
+    @classmethod
     def load(cls, directory: str | Path) -> ModelArtifact:
         """Open a directory holding ``model.onnx`` and ``nbdeploy.json``."""
         directory = Path(directory)
@@ -135,7 +146,7 @@ class ModelArtifact:
         parity = str(self.parity) if self.parity else "n/a"
         status = "ok" if self.ok else f"not usable: {self.quantization.reason}"
         return (
-            f"<b>{self.label}</b> ({self.framework}) &middot; {self.size_bytes / 1024:.1f} KiB"
+            f"<b>{self.label}</b> ({self.framework}) &middot; {_format.size(self.size_bytes)}"
             f" &middot; parity: {parity} &middot; {status}<br><code>{self.path}</code>"
         )
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from nbdeploy import _ort, _tensors
+from nbdeploy import _format, _ort, _tensors
 from nbdeploy._errors import BenchmarkError, NbdeployError
 from nbdeploy._types import Signature
-from nbdeploy.artifact import METADATA_FILE, ModelArtifact
+from nbdeploy.artifact import ModelArtifact
 
 MAX_RUNS = 10_000
 MIN_RUNS_UNDER_BUDGET = 3
@@ -121,19 +121,7 @@ class BenchmarkReport:
     def table(self) -> str:
         """An aligned plain-text table for terminals and logs."""
         headers, rows = self._rows()
-        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-        numeric = set(range(2, len(headers) - 1))
-
-        def line(cells: Sequence[str]) -> str:
-            parts = [
-                cell.rjust(width) if i in numeric else cell.ljust(width)
-                for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-            ]
-            return "  ".join(parts).rstrip()
-
-        out = [line(headers), "  ".join("-" * w for w in widths)]
-        out.extend(line(row) for row in rows)
-        return "\n".join(out)
+        return _format.text_table(headers, rows, right=range(2, len(headers) - 1))
 
     def __str__(self) -> str:
         return self.table()
@@ -163,12 +151,12 @@ class BenchmarkReport:
             row += [str(r.concurrency)] if show_concurrency else []
             row += [
                 str(r.runs) if r.ok else "",
-                _ms(r.p50_ms),
-                _ms(r.p90_ms),
-                _ms(r.p99_ms),
-                _ms(r.mean_ms),
+                _format.ms(r.p50_ms),
+                _format.ms(r.p90_ms),
+                _format.ms(r.p99_ms),
+                _format.ms(r.mean_ms),
                 f"{r.throughput:,.0f}" if r.throughput is not None else "",
-                _size(r.size_bytes),
+                _format.size(r.size_bytes),
             ]
             row.append(r.status if not r.note else f"{r.status}: {r.note}")
             rows.append(row)
@@ -333,19 +321,12 @@ class _Plan:
         """The sample as named arrays for this target; raises InputError when it does not fit."""
         if self.skip_reason is not None:
             return {}
+        if sample is None and self.onnx_path is not None and self.signature is not None:
+            return _tensors.random_sample(self.signature, batch_size=1, seed=0)
         if self.signature is not None:
             return _tensors.as_feeds(self.signature, sample)
         parts = _tensors.sample_parts(sample)
         return parts if isinstance(parts, dict) else {str(i): a for i, a in enumerate(parts)}
-
-    def fixed_batch(self) -> int | None:
-        """The batch size an ONNX model is pinned to, when its first dimension is static."""
-        if self.onnx_path is None or self.signature is None:
-            return None
-        for spec in self.signature.inputs:
-            if spec.shape and spec.shape[0] != -1:
-                return spec.shape[0]
-        return None
 
     def load(self, threads: int) -> Callable[[dict[str, np.ndarray]], Callable[[], Any]]:
         """Load the target once; return a function turning feeds into a zero-argument call."""
@@ -375,7 +356,7 @@ def _measure_plan(
     budget_s: float,
     max_runs: int,
 ) -> BenchmarkResult:
-    fixed = plan.fixed_batch()
+    fixed = plan.signature.fixed_batch if plan.onnx_path and plan.signature else None
     if fixed is not None and fixed != batch_size:
         return plan.row(
             batch_size, status="skipped", note=f"the model has a fixed batch size of {fixed}"
@@ -386,7 +367,7 @@ def _measure_plan(
     except NbdeployError:
         raise
     except Exception as exc:
-        return plan.row(batch_size, status="failed", note=_first_line(exc))
+        return plan.row(batch_size, status="failed", note=_format.first_line(exc, with_type=True))
     times_ms = times_ns / 1e6
     p50, p90, p99 = np.percentile(times_ms, [50, 90, 99])
     return plan.row(
@@ -438,7 +419,7 @@ def _plan(targets: Any, baseline: bool) -> list[_Plan]:
     plans: list[_Plan] = []
     seen_models: set[int] = set()
     for item in items:
-        artifact = _as_artifact(item)
+        artifact = ModelArtifact.find(item)
         if artifact is not None:
             source = artifact.source_model
             if baseline and artifact.ok and source is not None and id(source) not in seen_models:
@@ -457,14 +438,6 @@ def _plan(targets: Any, baseline: bool) -> list[_Plan]:
             plans.append(_Plan(label=f"{engine} eager", engine=engine, model=item))
     _make_labels_unique(plans)
     return plans
-
-
-def _as_artifact(item: Any) -> ModelArtifact | None:
-    if isinstance(item, ModelArtifact):
-        return item
-    if isinstance(item, str | Path) and (Path(item) / METADATA_FILE).is_file():
-        return ModelArtifact.load(item)
-    return None
 
 
 def _artifact_plan(artifact: ModelArtifact) -> _Plan:
@@ -619,28 +592,3 @@ def _plot_label(result: BenchmarkResult) -> str:
     if result.engine != "onnxruntime" and result.engine not in label:
         label = f"{label} [{result.engine}]"
     return label if result.concurrency == 1 else f"{label} x{result.concurrency}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
-
-
-def _ms(value: float | None) -> str:
-    if value is None:
-        return ""
-    if value >= 100:
-        return f"{value:.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
-    if value >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
-
-
-def _size(size: int | None) -> str:
-    if size is None:
-        return ""
-    if size >= 1 << 20:
-        return f"{size / (1 << 20):.2f} MiB"
-    return f"{size / 1024:.1f} KiB"

@@ -8,7 +8,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from nbdeploy import _format
 from nbdeploy._errors import NbdeployError
+from nbdeploy.vocabulary import QUANTIZE_CHOICES, RUNTIME_CHOICES, ProgressEvent
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -28,14 +30,8 @@ def _print_json(data: Any) -> None:
 
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    cells = [
-        [str(row.get(col, "") if row.get(col) is not None else "-") for col in columns]
-        for row in rows
-    ]
-    widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
-    lines = ["  ".join(col.upper().ljust(w) for col, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
+    cells = [["-" if row.get(col) is None else str(row[col]) for col in columns] for row in rows]
+    return _format.text_table([col.upper() for col in columns], cells)
 
 
 def _show(rows: list[dict[str, Any]], columns: Sequence[str], *, as_json: bool, empty: str) -> None:
@@ -50,13 +46,9 @@ def _show(rows: list[dict[str, Any]], columns: Sequence[str], *, as_json: bool, 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     import nbdeploy.api as api
-    from nbdeploy._tensors import random_sample
 
     artifact = api.export(args.path, None, name=args.name)
-    sample = random_sample(artifact.signature, batch_size=max(args.batch_sizes), seed=0)
-    report = api.benchmark(
-        artifact, sample, batch_sizes=args.batch_sizes, time_budget_s=args.budget
-    )
+    report = api.benchmark(artifact, batch_sizes=args.batch_sizes, time_budget_s=args.budget)
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -64,12 +56,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+LIST_COLUMNS = ("name", "version", "runtime", "status", "url", "p50_ms", "created_at")
+
+
+def _print_stage(event: ProgressEvent) -> None:
+    """Stages go to stderr; raw tool output (pip, docker build) stays out of the terminal."""
+    if not event.detail:
+        print(event, file=sys.stderr)
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     import nbdeploy.api as api
 
     _show(
-        api.deployment_rows(),
-        ("name", "version", "runtime", "status", "url", "created_at"),
+        [view.to_dict() for view in api.deployment_views()],
+        LIST_COLUMNS,
         as_json=args.json,
         empty="No deployments. Start one with: nbdeploy deploy MODEL.onnx --name NAME",
     )
@@ -98,7 +99,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         runtime=args.runtime,
         port=args.port,
         auth=not args.no_auth,
-        progress=lambda line: print(line, file=sys.stderr),
+        progress=_print_stage,
     )
     if args.json:
         _print_json({**endpoint.to_dict(), "token": endpoint.token})
@@ -117,7 +118,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(info)
     else:
-        print(_table([info], ("name", "version", "runtime", "status", "url", "created_at")))
+        print(_table([info], LIST_COLUMNS))
     return 0
 
 
@@ -145,15 +146,15 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from nbdeploy.demo import launch_demo, stop_demo
+    import nbdeploy.api as api
 
     if args.stop:
-        stopped = stop_demo(args.name)
+        stopped = api.stop_demo(args.name)
         print(
             f"stopped the demo of {args.name}" if stopped else f"no demo of {args.name} was running"
         )
         return 0
-    server = launch_demo(args.name, port=args.port)
+    server = api.demo(args.name, port=args.port)
     print(f"demo of {args.name}: {server.url}")
     print(f"  stop it with: nbdeploy demo {args.name} --stop")
     return 0
@@ -194,11 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--name", required=True, help="deployment name (lower-case, e.g. digits)")
     deploy.add_argument(
         "--quantize",
-        choices=("none", "int8", "fp16", "auto"),
+        choices=QUANTIZE_CHOICES,
         default="none",
         help="variant to serve",
     )
-    deploy.add_argument("--runtime", choices=("auto", "docker", "process"), default="auto")
+    deploy.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto")
     deploy.add_argument(
         "--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)"
     )
@@ -239,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "quickstart", help="train a digits CNN, export, quantize, benchmark and deploy it"
     )
     quick.add_argument("--name", default="digits", help="model name (default: digits)")
-    quick.add_argument("--runtime", choices=("auto", "docker", "process"), default="auto")
+    quick.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto")
     quick.set_defaults(handler=cmd_quickstart)
     return parser
 

@@ -9,21 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from nbdeploy._errors import DeployError, InputError
+from nbdeploy._errors import DeployError, InferenceError, InputError
 from nbdeploy._types import NUMPY_TO_V2
 
 V2_TO_NUMPY = {
     v2: np.dtype(name) if name != "str" else np.dtype(object) for name, v2 in NUMPY_TO_V2.items()
 }
 HEADER_LENGTH = "Inference-Header-Content-Length"
-
-
-class InferenceError(DeployError):
-    """The endpoint answered an inference request with an error status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
 
 
 def v2_datatype(array: np.ndarray) -> str:

@@ -179,13 +179,13 @@ def write_demo(
     """
     import nbformat
 
-    from nbdeploy.deployment import get
+    from nbdeploy.deployment import current
     from nbdeploy.repository import ModelRepository
 
-    endpoint = get(name)
-    artifact = ModelRepository().get(name, endpoint.version)
+    serving = current(name)
+    artifact = ModelRepository().get(name, serving.version)
     notebook = build_notebook(
-        demo_spec(artifact, top_k=top_k), url=endpoint.url, token=endpoint.token
+        demo_spec(artifact, top_k=top_k), url=serving.url, token=serving.token
     )
     target = Path(directory) / f"{name}.ipynb" if directory is not None else demo_path(name)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +255,7 @@ def launch_demo(
     A demo server already running for ``name`` is reused (Voila reads the notebook on every
     page load, so it shows the regenerated file) unless a different ``port`` is asked for.
     """
-    from nbdeploy.runtimes import ensure_port_free, free_port
+    from nbdeploy.runtimes.base import ensure_port_free, free_port
 
     notebook = write_demo(name)
     current = _running(name)

@@ -2,30 +2,35 @@
 
 The store's ``deployments`` table is the source of truth for what is current: a new version is
 launched next to the old one and made ``active`` only once it answers ready; only then is the
-old one stopped. Endpoints re-read the store, so they follow the switch.
+old one stopped. Everything here returns typed :class:`~nbdeploy.vocabulary.Deployment`
+records; :mod:`nbdeploy.api` wraps them in the Endpoint handles users hold.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
+from nbdeploy import _format
 from nbdeploy._errors import DeployError, NbdeployError
 from nbdeploy.artifact import ModelArtifact
-from nbdeploy.endpoint import Endpoint
-from nbdeploy.repository import ModelRepository, check_name
+from nbdeploy.repository import ModelRepository
+from nbdeploy.runtimes import LaunchSpec, Runtime, RuntimeHandle, get_runtime
+from nbdeploy.runtimes.base import ensure_port_free, free_port, local_url
 from nbdeploy.store import Store
-
-QUANTIZE_CHOICES = (None, "none", "int8", "fp16", "auto", "int8-dynamic", "int8-static")
-Progress = Callable[[str], None]
-
-
-def _say(progress: Progress | None, message: str) -> None:
-    if progress is not None:
-        progress(message)
+from nbdeploy.vocabulary import (
+    AUTO_CANDIDATES,
+    QUANTIZE_CHOICES,
+    Deployment,
+    Progress,
+    QuantizeChoice,
+    ServerSettings,
+    check_choice,
+    check_name,
+    emit,
+)
 
 
 def prepare_artifact(
@@ -33,7 +38,7 @@ def prepare_artifact(
     *,
     sample: Any = None,
     name: str | None = None,
-    quantize: str | None = None,
+    quantize: QuantizeChoice | None = None,
     calibration: Any = None,
     labels: Sequence[str] | None = None,
     progress: Progress | None = None,
@@ -42,35 +47,28 @@ def prepare_artifact(
 
     Returns the chosen artifact and, when variants were benchmarked to choose, that report.
     """
-    from nbdeploy import api
+    from nbdeploy.exporters import as_artifact
+    from nbdeploy.optimize import quantize_variants
 
-    if quantize not in QUANTIZE_CHOICES:
-        raise NbdeployError(
-            f"quantize must be one of none, int8, fp16, auto, int8-dynamic, int8-static; got {quantize!r}"
-        )
-    if isinstance(model, ModelArtifact):
-        artifact = model
-    elif isinstance(model, str | Path) and Path(model).is_dir():
-        artifact = ModelArtifact.load(model)
-    else:
-        _say(progress, "export: converting to ONNX and checking parity")
-        artifact = api.export(model, sample, name=name, labels=labels)
-        _say(progress, f"export: done ({artifact.parity or 'no parity check: ONNX input'})")
+    quantize = check_choice(quantize or "none", QUANTIZE_CHOICES, "quantize")
+    artifact = ModelArtifact.find(model)
+    if artifact is None:
+        emit(progress, "export", "converting to ONNX and checking parity")
+        artifact = as_artifact(model, sample, name=name, labels=labels)
+        emit(progress, "export", f"done ({artifact.parity or 'no parity check: ONNX input'})")
     artifact = _with_serving_metadata(artifact, sample=sample, labels=labels)
-    if quantize in (None, "none"):
+    if quantize == "none":
         return artifact, None
 
-    modes = ("int8", "fp16") if quantize == "auto" else (quantize,)
-    _say(progress, f"quantize: {', '.join(modes)}")
-    variants = api.quantize(
+    modes = AUTO_CANDIDATES if quantize == "auto" else (quantize,)
+    emit(progress, "quantize", ", ".join(modes))
+    variants = quantize_variants(
         artifact, modes, calibration=calibration if calibration is not None else sample
     )
     for variant in variants:
         state = "ok" if variant.ok else f"not usable ({variant.quantization.reason})"
-        _say(
-            progress,
-            f"quantize: {variant.variant} {variant.size_bytes / 1024:.0f} KiB, {variant.parity}, {state}",
-        )
+        size = _format.size(variant.summary()["size_bytes"])
+        emit(progress, "quantize", f"{variant.variant} {size}, {variant.parity}, {state}")
     considered = [artifact.summary(), *(variant.summary() for variant in variants)]
     if quantize != "auto":
         usable = [v for v in variants if v.ok]
@@ -79,13 +77,14 @@ def prepare_artifact(
             raise NbdeployError(f"quantize={quantize!r} produced no usable variant ({reasons})")
         return _with_variants(usable[0], considered), None
 
+    from nbdeploy.bench import benchmark
     from nbdeploy.optimize import select_auto
 
     bench_sample = sample if sample is not None else calibration
-    _say(progress, "benchmark: measuring variants to pick the fastest accurate one")
-    report = api.benchmark([artifact, *variants], bench_sample, batch_sizes=(1,), baseline=False)
+    emit(progress, "benchmark", "measuring variants to pick the fastest accurate one")
+    report = benchmark([artifact, *variants], bench_sample, batch_sizes=(1,), baseline=False)
     chosen = select_auto(artifact, variants, report.latency_ms(batch_size=1))
-    _say(progress, f"quantize: auto picked {chosen.variant}")
+    emit(progress, "quantize", f"auto picked {chosen.variant}")
     return _with_variants(chosen, considered), report.to_dict()
 
 
@@ -118,23 +117,17 @@ def deploy(
     *,
     sample: Any = None,
     name: str | None = None,
-    quantize: str | None = None,
+    quantize: QuantizeChoice | None = None,
     runtime: str = "auto",
     labels: Sequence[str] | None = None,
     port: int | None = None,
     auth: bool = True,
     calibration: Any = None,
-    max_batch_size: int = 32,
-    max_queue_delay_ms: float = 2.0,
-    batching: bool = True,
-    cpus: float | None = None,
-    memory: str | None = "1g",
+    settings: ServerSettings | None = None,
     timeout: float = 120.0,
     progress: Progress | None = None,
-) -> Endpoint:
+) -> Deployment:
     """Export/quantize as asked, register a new version, launch it and switch to it."""
-    from nbdeploy.runtimes import ensure_port_free, free_port, get_runtime
-
     if name is not None:
         check_name(name)
     backend = get_runtime(runtime)
@@ -150,17 +143,13 @@ def deploy(
         progress=progress,
     )
     registered = ModelRepository().register(artifact, name=name, benchmark=report)
-    _say(progress, f"register: {registered.name} version {registered.version}")
+    emit(progress, "register", f"{registered.name} version {registered.version}")
     return launch(
         registered,
         runtime=backend,
         port=port if port is not None else free_port(),
         token=secrets.token_urlsafe(24) if auth else None,
-        max_batch_size=max_batch_size,
-        max_queue_delay_ms=max_queue_delay_ms,
-        batching=batching,
-        cpus=cpus,
-        memory=memory,
+        settings=settings or ServerSettings(),
         timeout=timeout,
         progress=progress,
     )
@@ -169,16 +158,14 @@ def deploy(
 def launch(
     registered: ModelArtifact,
     *,
-    runtime: Any,
+    runtime: Runtime,
     port: int,
     token: str | None,
+    settings: ServerSettings,
     timeout: float = 120.0,
     progress: Progress | None = None,
-    **tuning: Any,
-) -> Endpoint:
+) -> Deployment:
     """Start a registered version, wait until it is ready, then make it the active one."""
-    from nbdeploy.runtimes import LaunchSpec, local_url
-
     store = Store()
     name, version = registered.name, int(registered.version)
     deployment_id = store.add_deployment(
@@ -189,6 +176,7 @@ def launch(
         url=local_url(port),
         port=port,
         token=token,
+        settings=settings,
     )
     spec = LaunchSpec(
         name=name,
@@ -197,16 +185,14 @@ def launch(
         sha256=registered.sha256,
         port=port,
         token=token,
+        settings=settings,
         progress=progress,
-        **tuning,
     )
     handle = None
     try:
-        _say(progress, f"launch: starting {name} v{version} on the {runtime.name} runtime")
+        emit(progress, "launch", f"starting {name} v{version} on the {runtime.name} runtime")
         handle = runtime.start(spec)
-        store.update_deployment(
-            deployment_id, handle={**handle.to_dict(), "tuning": tuning}, url=handle.url
-        )
+        store.update_deployment(deployment_id, handle=handle.to_dict(), url=handle.url)
         runtime.wait_ready(handle, timeout=timeout)
     except BaseException as exc:
         store.update_deployment(deployment_id, state="failed")
@@ -220,57 +206,57 @@ def launch(
     store.add_event(
         name, "deployed", f"version {version} at {handle.url}", {"runtime": runtime.name}
     )
-    _say(progress, f"ready: {handle.url}/v2/models/{name}")
+    emit(progress, "ready", f"{handle.url}/v2/models/{name}")
     for old in replaced:
-        _say(progress, f"switch: stopping the previous version {old['version']}")
-        _stop_handle(old)
+        emit(progress, "switch", f"stopping the previous version {old.version}")
+        _stop_server(old)
     record = store.deployment(deployment_id)
     assert record is not None
-    return Endpoint(record)
+    return record
 
 
-def _stop_handle(record: dict[str, Any]) -> None:
-    from nbdeploy.runtimes import RuntimeHandle, get_runtime
-
-    if not record.get("handle"):
+def _stop_server(record: Deployment) -> None:
+    if not record.handle:
         return
     try:
-        get_runtime(record["runtime"]).stop(RuntimeHandle.from_dict(record["handle"]))
+        get_runtime(record.runtime).stop(RuntimeHandle.from_dict(record.handle))
     except DeployError as exc:
-        Store().add_event(record["name"], "stop-failed", f"version {record['version']}: {exc}")
+        Store().add_event(record.name, "stop-failed", f"version {record.version}: {exc}")
 
 
-def stop_deployment(record: dict[str, Any]) -> None:
+def stop(record: Deployment) -> None:
     """Stop one deployment's server and mark it retired."""
     store = Store()
-    _stop_handle(record)
-    store.update_deployment(int(record["id"]), state="retired")
-    store.add_event(record["name"], "stopped", f"version {record['version']} stopped")
+    _stop_server(record)
+    store.update_deployment(record.id, state="retired")
+    store.add_event(record.name, "stopped", f"version {record.version} stopped")
 
 
-def deployments() -> list[Endpoint]:
-    """Every active deployment, one Endpoint per name."""
-    return [Endpoint(row) for row in Store().deployments()]
+def active() -> list[Deployment]:
+    """Every active deployment, one per name."""
+    return Store().deployments()
 
 
-def get(name: str) -> Endpoint:
-    """The active deployment called ``name`` (re-attaches after a kernel restart)."""
+def current(name: str) -> Deployment:
+    """The active deployment called ``name``."""
     rows = Store().deployments(name=name)
     if not rows:
-        running = sorted({row["name"] for row in Store().deployments()})
-        raise DeployError(f"no active deployment named {name!r}; running: {running or 'none'}")
-    return Endpoint(rows[0])
+        raise DeployError(f"no active deployment named {name!r}; running: {_running_names()}")
+    return rows[0]
+
+
+def _running_names() -> list[str] | str:
+    return sorted({row.name for row in Store().deployments()}) or "none"
 
 
 def undeploy(name: str) -> list[int]:
     """Stop every active or starting deployment of ``name``; return the versions stopped."""
     rows = Store().deployments(name=name, states=("active", "starting"))
     if not rows:
-        running = sorted({row["name"] for row in Store().deployments()})
-        raise DeployError(f"no active deployment named {name!r}; running: {running or 'none'}")
+        raise DeployError(f"no active deployment named {name!r}; running: {_running_names()}")
     for row in rows:
-        stop_deployment(row)
-    return [int(row["version"]) for row in rows]
+        stop(row)
+    return [row.version for row in rows]
 
 
 def rollback(
@@ -279,32 +265,29 @@ def rollback(
     *,
     timeout: float = 120.0,
     progress: Progress | None = None,
-) -> Endpoint:
+) -> Deployment:
     """Serve an earlier registered version (the one before the current, by default), blue-green."""
-    from nbdeploy.runtimes import free_port, get_runtime
-
-    current = get(name)
+    serving = current(name)
     repository = ModelRepository()
     if version is None:
         older = [
             row["version"]
             for row in repository.list_versions(name)
-            if row["version"] < current.version
+            if row["version"] < serving.version
         ]
         if not older:
             raise DeployError(
-                f"{name} is at version {current.version}; there is no earlier version to roll back to"
+                f"{name} is at version {serving.version}; there is no earlier version to roll back to"
             )
         version = max(older)
-    if int(version) == current.version:
+    if int(version) == serving.version:
         raise DeployError(f"{name} already serves version {version}")
-    target = repository.get(name, int(version))
     return launch(
-        target,
-        runtime=get_runtime(current.runtime),
+        repository.get(name, int(version)),
+        runtime=get_runtime(serving.runtime),
         port=free_port(),
-        token=current.token,
+        token=serving.token,
+        settings=serving.settings,
         timeout=timeout,
         progress=progress,
-        **current.tuning,
     )

@@ -7,35 +7,47 @@ from typing import Any
 
 import numpy as np
 
+from nbdeploy import deployment
 from nbdeploy._errors import DeployError
 from nbdeploy._tensors import as_feeds
 from nbdeploy._types import Signature
-from nbdeploy.client import InferenceError, V2Client
-from nbdeploy.runtimes.base import RuntimeHandle
+from nbdeploy.client import V2Client
+from nbdeploy.runtimes import Runtime, RuntimeHandle, get_runtime
+from nbdeploy.vocabulary import (
+    PROXY_PREFIX,
+    Deployment,
+    DeploymentView,
+    ServerSettings,
+    ServerStatus,
+)
 
 
 class Endpoint:
-    """A V2 inference endpoint on 127.0.0.1, built from one row of the deployment store.
+    """A V2 inference endpoint on 127.0.0.1, over one :class:`Deployment` record.
 
     ``predict`` re-resolves the deployment by name once when the connection fails, so a client
     that holds an Endpoint across a blue-green switch follows the new version instead of failing.
     """
 
-    def __init__(self, record: dict[str, Any]) -> None:
-        self._record = record
-        self.name: str = record["name"]
-        self.version: int = int(record["version"])
-        self.runtime: str = record["runtime"]
-        self.url: str = record["url"]
-        self.token: str | None = record.get("token") or None
-        self.deployment_id: int = int(record["id"])
-        self.created_at: str = record.get("created_at", "")
-        self.handle = RuntimeHandle.from_dict(record["handle"])
+    def __init__(self, record: Deployment) -> None:
+        self.record = record
+
+    name = property(lambda self: self.record.name)
+    version = property(lambda self: self.record.version)
+    runtime = property(lambda self: self.record.runtime)
+    url = property(lambda self: self.record.url)
+    token = property(lambda self: self.record.token)
+    deployment_id = property(lambda self: self.record.id)
+    created_at = property(lambda self: self.record.created_at)
 
     @property
-    def tuning(self) -> dict[str, Any]:
+    def settings(self) -> ServerSettings:
         """The server settings it was launched with (batching, CPUs, memory), kept on rollback."""
-        return dict(self._record["handle"].get("tuning") or {})
+        return self.record.settings
+
+    @property
+    def handle(self) -> RuntimeHandle:
+        return RuntimeHandle.from_dict(self.record.handle)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -48,17 +60,20 @@ class Endpoint:
 
     @cached_property
     def signature(self) -> Signature:
+        return self.artifact.signature
+
+    @cached_property
+    def artifact(self) -> Any:
+        """The registered version this endpoint serves (a ModelArtifact)."""
         from nbdeploy.repository import ModelRepository
 
-        return ModelRepository().get(self.name, self.version).signature
+        return ModelRepository().get(self.name, self.version)
 
-    def _runtime(self) -> Any:
-        from nbdeploy.runtimes import get_runtime
-
+    def _runtime(self) -> Runtime:
         return get_runtime(self.runtime)
 
     @property
-    def status(self) -> str:
+    def status(self) -> ServerStatus:
         """``running``, ``starting``, ``restarting``, ``exited`` or ``missing``, asked live."""
         try:
             return self._runtime().status(self.handle)
@@ -82,8 +97,6 @@ class Endpoint:
         feeds = as_feeds(self.signature, x)
         try:
             result = self.client.infer(self.name, feeds, outputs=outputs, binary=binary)
-        except InferenceError:
-            raise
         except DeployError:
             successor = self._successor()
             if successor is None:
@@ -93,29 +106,47 @@ class Endpoint:
 
     def _successor(self) -> Endpoint | None:
         """The deployment that replaced this one, if a redeploy happened meanwhile."""
-        from nbdeploy.store import Store
-
-        rows = Store().deployments(name=self.name)
-        if rows and int(rows[0]["id"]) != self.deployment_id:
-            return Endpoint(rows[0])
-        return None
+        try:
+            newest = deployment.current(self.name)
+        except DeployError:
+            return None
+        return Endpoint(newest) if newest.id != self.deployment_id else None
 
     def stop(self) -> None:
         """Stop this deployment's server and retire it in the store."""
-        from nbdeploy.deployment import stop_deployment
+        deployment.stop(self.record)
 
-        stop_deployment(self._record)
+    def view(self) -> DeploymentView:
+        """What every surface shows of this deployment, with its live status."""
+        artifact = self._artifact_or_none()
+        latency = benchmark_latency(artifact.benchmark, artifact.variant) if artifact else None
+        return DeploymentView(
+            name=self.name,
+            version=self.version,
+            runtime=self.runtime,
+            state=self.record.state,
+            status=self.status,
+            url=self.url,
+            infer_url=self.record.infer_url,
+            proxy_path=f"{PROXY_PREFIX}/{self.name}/",
+            created_at=self.created_at,
+            variant=artifact.variant if artifact else None,
+            p50_ms=latency["p50_ms"] if latency else None,
+            p99_ms=latency["p99_ms"] if latency else None,
+            demo_url=_running_demo_url(self.name),
+        )
+
+    def _artifact_or_none(self) -> Any:
+        """The served version, or None when its files are gone (one broken row hides nothing)."""
+        from nbdeploy._errors import NbdeployError
+
+        try:
+            return self.artifact
+        except (NbdeployError, OSError, ValueError):
+            return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "runtime": self.runtime,
-            "url": self.url,
-            "status": self.status,
-            "created_at": self.created_at,
-            "deployment_id": self.deployment_id,
-        }
+        return self.view().to_dict()
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.name} v{self.version} {self.runtime} {self.url}>"
@@ -123,5 +154,44 @@ class Endpoint:
     def _repr_html_(self) -> str:
         return (
             f"<b>{self.name}</b> v{self.version} &middot; {self.runtime} &middot; "
-            f"<code>{self.url}/v2/models/{self.name}/infer</code> &middot; {self.status}"
+            f"<code>{self.record.infer_url}</code> &middot; {self.status}"
         )
+
+
+def benchmark_latency(report: dict[str, Any] | None, variant: str | None) -> dict[str, Any] | None:
+    """p50/p99 of the benchmark row that best describes the served model, if any was measured.
+
+    Prefers rows of the served variant, then batch size 1, then a single client, then
+    onnxruntime over other engines (an eager framework baseline is not what is served).
+    """
+    rows = [
+        row
+        for row in (report or {}).get("results") or []
+        if row.get("status", "ok") == "ok" and row.get("p50_ms") is not None
+    ]
+    if not rows:
+        return None
+
+    def rank(row: dict[str, Any]) -> tuple[Any, ...]:
+        return (
+            variant is None or row.get("variant") != variant,
+            row.get("batch_size") != 1,
+            row.get("concurrency", 1) != 1,
+            row.get("engine") != "onnxruntime",
+            row.get("batch_size") or 0,
+        )
+
+    best = min(rows, key=rank)
+    return {
+        "p50_ms": best.get("p50_ms"),
+        "p99_ms": best.get("p99_ms"),
+        "batch_size": best.get("batch_size"),
+        "target": best.get("target"),
+        "engine": best.get("engine"),
+    }
+
+
+def _running_demo_url(name: str) -> str | None:
+    from nbdeploy.demo import running_demos
+
+    return next((server.url for server in running_demos() if server.name == name), None)

@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from nbdeploy import _ort
-from nbdeploy._errors import NbdeployError, QuantizeError
+from nbdeploy import _format, _ort
+from nbdeploy._errors import QuantizeError
 from nbdeploy._tensors import as_feeds
-from nbdeploy._types import Parity, Quantization, Signature
+from nbdeploy._types import Parity, Quantization
 from nbdeploy.artifact import ModelArtifact, store_onnx
+from nbdeploy.vocabulary import QUANTIZE_MODES
 
-CONCRETE_MODES = ("int8-dynamic", "int8-static", "fp16")
-VALID_MODES = ("fp32", "int8", *CONCRETE_MODES)
+# "int8" is an alias resolved per model (static QDQ for conv models); "fp32" asks for nothing.
+VALID_MODES = ("fp32", *QUANTIZE_MODES)
 
 CALIBRATION_BATCH = 16
 CALIBRATION_MAX_ROWS = 256
@@ -205,12 +206,15 @@ def _preprocess(source: Path, target: Path) -> tuple[Path, str]:
         quant_pre_process(str(source), str(target))
         return target, "full"
     except Exception as exc:
-        first_failure = _one_line(exc)
+        first_failure = _format.first_line(exc, cause=True)
     try:
         quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
         return target, "skip_symbolic_shape"
     except Exception as exc:
-        return source, f"none (full: {first_failure}; without symbolic shapes: {_one_line(exc)})"
+        return (
+            source,
+            f"none (full: {first_failure}; without symbolic shapes: {_format.first_line(exc, cause=True)})",
+        )
 
 
 def _make_variant(
@@ -244,7 +248,9 @@ def _make_variant(
             metadata["quant_pre_process"] = preprocess
             metadata.update(_quantize_int8(mode, requested_as, ops, prepared, output, evaluation))
     except Exception as exc:
-        reason = f"onnxruntime could not produce the {mode} model: {_one_line(exc)}"
+        reason = (
+            f"onnxruntime could not produce the {mode} model: {_format.first_line(exc, cause=True)}"
+        )
         return _failed_without_model(artifact, mode, reason, metadata)
 
     quantization = Quantization(
@@ -257,7 +263,9 @@ def _make_variant(
         outputs = _run(output, evaluation)
     except Exception as exc:
         quantization.status = "failed"
-        quantization.reason = f"onnxruntime cannot run the {mode} model: {_one_line(exc)}"
+        quantization.reason = (
+            f"onnxruntime cannot run the {mode} model: {_format.first_line(exc, cause=True)}"
+        )
     else:
         parity, accuracy = _compare(evaluation, outputs, min_agreement)
         quantization.accuracy = accuracy
@@ -278,7 +286,7 @@ def _make_variant(
             metadata=metadata,
         )
     except Exception as exc:
-        reason = f"the {mode} model could not be stored: {_one_line(exc)}"
+        reason = f"the {mode} model could not be stored: {_format.first_line(exc, cause=True)}"
         return _failed_without_model(artifact, mode, reason, metadata)
     variant.source_model = artifact.source_model
     return variant
@@ -415,7 +423,7 @@ def _evaluate_reference(artifact: ModelArtifact, calibration: Any, labels: Any) 
     else:
         feeds, source = as_feeds(artifact.signature, calibration), "calibration"
     batched = _rows(feeds) is not None
-    fixed_batch = _fixed_batch(artifact.signature) if batched else None
+    fixed_batch = artifact.signature.fixed_batch if batched else None
     feeds = _whole_batches(feeds, fixed_batch)
     truth = _labels(labels, _rows(feeds))
     evaluation = _Evaluation(feeds, source, truth, [], None, None, batched, fixed_batch)
@@ -423,7 +431,7 @@ def _evaluate_reference(artifact: ModelArtifact, calibration: Any, labels: Any) 
         evaluation.reference = _run(artifact.path, evaluation)
     except Exception as exc:
         raise QuantizeError(
-            f"the fp32 model does not run on the {source} inputs: {_one_line(exc)}"
+            f"the fp32 model does not run on the {source} inputs: {_format.first_line(exc, cause=True)}"
         ) from exc
     evaluation.reference_predictions = _predictions(evaluation.reference)
     evaluation.reference_accuracy = _accuracy(evaluation.reference_predictions, truth)
@@ -488,12 +496,6 @@ def _index_bounds(path: Path) -> dict[str, int]:
             if table in tables and index in inputs:
                 bounds[index] = min(bounds.get(index, tables[table]), tables[table])
     return bounds
-
-
-def _fixed_batch(signature: Signature) -> int | None:
-    """The batch size the model insists on, if its first dimension is fixed."""
-    fixed = [spec.shape[0] for spec in signature.inputs if spec.shape and spec.shape[0] > 0]
-    return fixed[0] if fixed else None
 
 
 def _whole_batches(feeds: dict[str, np.ndarray], fixed_batch: int | None) -> dict[str, np.ndarray]:
@@ -638,11 +640,3 @@ def _ort_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
-
-
-def _one_line(exc: BaseException) -> str:
-    """The first line of an error, for reasons that fit a table cell."""
-    if isinstance(exc, NbdeployError) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

@@ -8,6 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from nbdeploy import _format
+from nbdeploy.vocabulary import AUTO_CANDIDATES, ProgressEvent
+
 
 def digits_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """8x8 digit images as [n, 1, 8, 8] float32 in [0, 1]; a fixed train/test split."""
@@ -62,7 +65,6 @@ def run_quickstart(
 ) -> dict[str, Any]:
     """Train, export, quantize, benchmark and deploy the digits CNN; report each stage."""
     import nbdeploy.api as api
-    from nbdeploy.optimize import select_auto
 
     started = time.perf_counter()
     x_train, x_test, y_train, y_test = digits_data()
@@ -74,26 +76,25 @@ def run_quickstart(
     out(f"      {artifact.path}  parity: {artifact.parity}")
 
     out("[3/6] quantizing (int8 static QDQ, fp16) and checking accuracy on held-out digits")
-    variants = api.quantize(artifact, ("int8", "fp16"), calibration=x_test, labels=y_test)
+    variants = api.quantize(artifact, AUTO_CANDIDATES, calibration=x_test, labels=y_test)
     for variant in variants:
         q = variant.quantization
         status = "ok" if variant.ok else f"not usable: {q.reason}"
         out(
-            f"      {variant.variant:<12} {variant.size_bytes / 1024:8.1f} KiB"
+            f"      {variant.variant:<12} {_format.size(variant.size_bytes):>10}"
             f"  accuracy delta {q.accuracy_delta:+.3f}  {variant.parity}  {status}"
         )
 
     out("[4/6] benchmarking torch eager vs onnxruntime variants")
     report = api.benchmark([artifact, *variants], x_test[:8], batch_sizes=(1, 8))
     out(report.table())
-    chosen = select_auto(artifact, variants, report.latency_ms(batch_size=1))
+    chosen = api.select_variant(artifact, variants, report)
 
     out(f"[5/6] deploying {chosen.label} (fastest variant with >= 99% top-1 agreement)")
-    from nbdeploy.image import DETAIL_PREFIX
 
-    def stage(line: str) -> None:
-        if not line.startswith(DETAIL_PREFIX):
-            out(f"      {line}")
+    def stage(event: ProgressEvent) -> None:
+        if not event.detail:
+            out(f"      {event}")
 
     endpoint = api.deploy(chosen, name=name, runtime=runtime, progress=stage)
     http = api.benchmark(endpoint, x_test[:1], batch_sizes=(1,), concurrency=(1, 4), duration_s=2.0)
@@ -103,9 +104,7 @@ def run_quickstart(
     predicted = endpoint.predict(x_test).argmax(axis=1)
     accuracy = float((predicted == y_test).mean())
     out(f"      endpoint accuracy on {len(y_test)} held-out digits: {accuracy:.1%}")
-    from nbdeploy.demo import launch_demo
-
-    demo = launch_demo(name)
+    demo = api.demo(name)
     elapsed = time.perf_counter() - started
     out("")
     out(

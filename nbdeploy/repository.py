@@ -9,10 +9,10 @@ half-written after a failure.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import stat
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,9 @@ from nbdeploy import _settings
 from nbdeploy._errors import RepositoryError
 from nbdeploy.artifact import METADATA_FILE, MODEL_FILE, ModelArtifact, write_json_atomic
 from nbdeploy.store import Store
+from nbdeploy.vocabulary import check_name
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
-
-
-def check_name(name: str) -> str:
-    """Deployment names end up in paths, image tags and URLs: keep them to a safe alphabet."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise RepositoryError(
-            f"invalid model name {name!r}: use 1-63 lower-case letters, digits, '-', '_' or '.',"
-            " starting with a letter or digit (e.g. 'digits-cnn')"
-        )
-    return name
 
 
 class ModelRepository:
@@ -68,21 +58,13 @@ class ModelRepository:
                 raise RepositoryError(f"cannot read the model file {artifact.path}: {exc}") from exc
             with self.store.transaction() as conn:
                 version = max(Store.max_version(conn, name), self._max_dir_version(name)) + 1
-                record = ModelArtifact(
+                record = replace(
+                    artifact,
                     path=staging / MODEL_FILE,
                     name=name,
-                    signature=artifact.signature,
-                    framework=artifact.framework,
-                    framework_version=artifact.framework_version,
-                    variant=artifact.variant,
-                    parity=artifact.parity,
-                    quantization=artifact.quantization,
                     version=version,
-                    labels=artifact.labels,
-                    input_kind=artifact.input_kind,
                     metadata=dict(artifact.metadata),
                     benchmark=benchmark if benchmark is not None else artifact.benchmark,
-                    source_model=artifact.source_model,
                 )
                 write_json_atomic(staging / METADATA_FILE, record.to_dict())
                 for child in staging.iterdir():

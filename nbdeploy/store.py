@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy import _settings
+from nbdeploy.vocabulary import Deployment, DeploymentState, ServerSettings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS deployments (
     port        INTEGER,
     token       TEXT,
     handle      TEXT    NOT NULL DEFAULT '{}',
+    settings    TEXT    NOT NULL DEFAULT '{}',
     created_at  TEXT    NOT NULL,
     updated_at  TEXT    NOT NULL
 );
@@ -53,7 +55,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
-DEPLOYMENT_STATES = ("starting", "active", "retired", "failed")
+# Columns added after a store was first created, with their definition, for older files.
+ADDED_COLUMNS = {"deployments": {"settings": "TEXT NOT NULL DEFAULT '{}'"}}
 
 
 def now() -> str:
@@ -68,6 +71,7 @@ class Store:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(SCHEMA)
+            _add_missing_columns(conn)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -143,12 +147,13 @@ class Store:
         port: int | None = None,
         token: str | None = None,
         handle: dict[str, Any] | None = None,
+        settings: ServerSettings | None = None,
     ) -> int:
         stamp = now()
         with self.transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO deployments (name, version, runtime, state, url, port, token, handle,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " settings, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
                     version,
@@ -158,6 +163,7 @@ class Store:
                     port,
                     token,
                     json.dumps(handle or {}),
+                    json.dumps((settings or ServerSettings()).to_dict()),
                     stamp,
                     stamp,
                 ),
@@ -167,6 +173,8 @@ class Store:
     def update_deployment(self, deployment_id: int, **fields: Any) -> None:
         if "handle" in fields:
             fields["handle"] = json.dumps(fields["handle"])
+        if "settings" in fields:
+            fields["settings"] = json.dumps(fields["settings"].to_dict())
         fields["updated_at"] = now()
         assignments = ", ".join(f"{key} = ?" for key in fields)
         with self.transaction() as conn:
@@ -175,11 +183,11 @@ class Store:
                 (*fields.values(), deployment_id),
             )
 
-    def activate(self, deployment_id: int, name: str) -> list[dict[str, Any]]:
+    def activate(self, deployment_id: int, name: str) -> list[Deployment]:
         """Make one deployment the active one for its name; return the ones it replaced."""
         with self.transaction() as conn:
             replaced = [
-                _decode(dict(row))
+                _record(dict(row))
                 for row in conn.execute(
                     "SELECT * FROM deployments WHERE name = ? AND state = 'active' AND id != ?",
                     (name, deployment_id),
@@ -198,19 +206,19 @@ class Store:
         return replaced
 
     def deployments(
-        self, *, name: str | None = None, states: tuple[str, ...] = ("active",)
-    ) -> list[dict[str, Any]]:
+        self, *, name: str | None = None, states: tuple[DeploymentState, ...] = ("active",)
+    ) -> list[Deployment]:
         marks = ", ".join("?" for _ in states)
         sql = f"SELECT * FROM deployments WHERE state IN ({marks})"
         params: tuple[Any, ...] = tuple(states)
         if name is not None:
             sql += " AND name = ?"
             params += (name,)
-        return [_decode(row) for row in self._query(sql + " ORDER BY name, id DESC", params)]
+        return [_record(row) for row in self._query(sql + " ORDER BY name, id DESC", params)]
 
-    def deployment(self, deployment_id: int) -> dict[str, Any] | None:
+    def deployment(self, deployment_id: int) -> Deployment | None:
         rows = self._query("SELECT * FROM deployments WHERE id = ?", (deployment_id,))
-        return _decode(rows[0]) if rows else None
+        return _record(rows[0]) if rows else None
 
     # events -------------------------------------------------------------------------------
 
@@ -235,6 +243,34 @@ class Store:
         )
 
 
-def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    row["handle"] = json.loads(row.get("handle") or "{}")
-    return row
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, columns in ADDED_COLUMNS.items():
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for column, definition in columns.items():
+            if column not in present:
+                try:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):
+                        raise
+
+
+def _record(row: dict[str, Any]) -> Deployment:
+    """A deployments row as its typed record (older rows kept their settings in the handle)."""
+    handle = json.loads(row.get("handle") or "{}")
+    settings = json.loads(row.get("settings") or "{}") or handle.pop("tuning", None)
+    handle.pop("tuning", None)
+    return Deployment(
+        id=int(row["id"]),
+        name=row["name"],
+        version=int(row["version"]),
+        runtime=row["runtime"],
+        state=row["state"],
+        url=row["url"] or "",
+        port=int(row["port"] or 0),
+        token=row["token"] or None,
+        handle=handle,
+        settings=ServerSettings.from_dict(settings),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )

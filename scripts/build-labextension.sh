@@ -43,7 +43,7 @@ else
 fi
 
 if stale "$OUT/package.json" "$SRC/src" "$SRC/style" "$SRC/package.json" "$SRC/tsconfig.json" \
-    "$SRC/yarn.lock"; then
+    "$SRC/yarn.lock" "$SRC/schema"; then
     CORE_PACKAGE=$("$VENV/bin/python" -c \
         'import jupyterlab, os; print(os.path.join(os.path.dirname(jupyterlab.__file__), "staging", "package.json"))')
     [ -f "$CORE_PACKAGE" ] || fail "no JupyterLab core package file at $CORE_PACKAGE"

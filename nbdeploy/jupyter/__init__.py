@@ -102,13 +102,9 @@ def model_kind(value: Any) -> str | None:
         except (OSError, ValueError):
             return None
         return f"{path.suffix.lower().lstrip('.')} file" if is_model_file else None
-    from nbdeploy._errors import ExportError
-    from nbdeploy.exporters import framework_of
+    from nbdeploy import api
 
-    try:
-        return framework_of(value)
-    except ExportError:
-        return None
+    return api.framework_of(value)
 
 
 def default_name(variable: str, model: Any) -> str | None:
@@ -159,6 +155,6 @@ def launch_demo_url(name: str) -> str:
 
     The single place the magic and the panel open demos from.
     """
-    from nbdeploy.demo import launch_demo
+    from nbdeploy import api
 
-    return launch_demo(name).url
+    return api.demo(name).url

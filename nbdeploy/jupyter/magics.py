@@ -21,14 +21,13 @@ from nbdeploy import api
 from nbdeploy._errors import NbdeployError
 from nbdeploy.jupyter import default_name, evaluate, launch_demo_url, model_kind
 from nbdeploy.jupyter.render import DeploymentTable, DeploySummary, progress_html
+from nbdeploy.vocabulary import QUANTIZE_CHOICES, RUNTIME_CHOICES, ProgressEvent, Stage
 
 if TYPE_CHECKING:
     from nbdeploy.artifact import ModelArtifact
     from nbdeploy.bench import BenchmarkReport
     from nbdeploy.endpoint import Endpoint
 
-QUANTIZE_CHOICES = ("none", "int8", "fp16", "auto")
-RUNTIME_CHOICES = ("auto", "docker", "process")
 EAGER_FRAMEWORKS = ("torch", "keras", "sklearn")
 
 
@@ -48,13 +47,15 @@ class ProgressReporter:
 
     def __init__(self, rich: bool) -> None:
         self.rich = rich
-        self.steps: list[str] = []
+        self.steps: list[ProgressEvent] = []
         self._handle: Any = None
 
-    def __call__(self, message: str) -> None:
-        self.steps.append(message)
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.detail:
+            return
+        self.steps.append(event)
         if not self.rich:
-            print(f"  {message}", flush=True)
+            print(f"  {event}", flush=True)
             return
         from IPython.display import HTML, display
 
@@ -63,6 +64,10 @@ class ProgressReporter:
             self._handle = display(view, display_id=True)
         else:
             self._handle.update(view)
+
+    def step(self, stage: Stage, message: str) -> None:
+        """A step the magic itself takes after the deploy (benchmark, demo)."""
+        self(ProgressEvent(stage, message))
 
     def finish(self, result: Any) -> None:
         """Replace the live progress view with ``result`` (or show it below the printed lines)."""
@@ -235,7 +240,7 @@ class DeployMagic(Magics):
             measured = self._benchmark(endpoint, served, model, sample, progress, notes)
         demo_url = None
         if demo:
-            progress("demo: starting the demo page")
+            progress.step("demo", "starting the demo page")
             try:
                 demo_url = launch_demo_url(endpoint.name)
             except NbdeployError as exc:
@@ -247,7 +252,7 @@ class DeployMagic(Magics):
             variants_report=selection or measured,
             demo_url=demo_url,
             notes=notes,
-            steps=progress.steps,
+            steps=[str(step) for step in progress.steps],
         )
 
     def _benchmark(
@@ -260,8 +265,6 @@ class DeployMagic(Magics):
         notes: list[str],
     ) -> BenchmarkReport | None:
         """In-process (served variant, plus the original model) and over-HTTP figures, merged."""
-        from nbdeploy.bench_http import benchmark_endpoint
-
         if sample is None:
             notes.append("benchmark skipped: --bench needs --sample")
             return None
@@ -269,14 +272,15 @@ class DeployMagic(Magics):
         if model_kind(model) in EAGER_FRAMEWORKS:
             targets.insert(0, model)
         try:
-            progress("benchmark: in-process, batch sizes 1 and 8")
+            progress.step("benchmark", "in-process, batch sizes 1 and 8")
             local = api.benchmark(
                 targets, sample, batch_sizes=(1, 8), time_budget_s=self.bench_seconds / 2
             )
-            progress("benchmark: over HTTP, concurrency 1 and 4")
-            remote = benchmark_endpoint(
+            progress.step("benchmark", "over HTTP, concurrency 1 and 4")
+            remote = api.benchmark(
                 endpoint,
                 sample,
+                batch_sizes=(1,),
                 concurrency=(1, 4),
                 payloads=("binary",),
                 duration_s=self.bench_seconds,
@@ -293,7 +297,7 @@ class DeployMagic(Magics):
         with self.readable_errors():
             if line.strip():
                 raise UsageError(f"%deployments takes no arguments; got {line.strip()!r}")
-            return DeploymentTable(api.deployment_rows())
+            return DeploymentTable(api.deployment_views())
 
     @magic_arguments()
     @argument("names", nargs="*", metavar="NAME", help="deployments to stop")

@@ -13,7 +13,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbdeploy import api
+from nbdeploy import _format, api
 from nbdeploy._errors import NbdeployError
 from nbdeploy.jupyter import (
     current_shell,
@@ -26,26 +26,21 @@ from nbdeploy.jupyter import (
 from nbdeploy.jupyter.render import (
     BenchmarkView,
     esc,
-    size_text,
     variant_rows,
     variants_html,
     variants_text,
 )
+from nbdeploy.vocabulary import (
+    AUTO_CANDIDATES,
+    QUANTIZE_CHOICES,
+    RUNTIME_CHOICES,
+    DeploymentView,
+    ProgressEvent,
+    Stage,
+)
 
-QUANTIZE_CHOICES = ("none", "int8", "fp16", "auto")
-RUNTIME_CHOICES = ("auto", "docker", "process")
 NO_SAMPLE = ""
 MAX_LOG_LINES = 200
-# How far along a deploy is when its progress callback reports a stage.
-STAGE_PROGRESS = {
-    "export": 0.15,
-    "quantize": 0.35,
-    "benchmark": 0.5,
-    "register": 0.65,
-    "launch": 0.75,
-    "ready": 0.95,
-    "switch": 0.97,
-}
 LOG_STYLE = (
     "font-family:monospace;font-size:85%;max-height:12em;overflow-y:auto;"
     "white-space:pre-wrap;border:1px solid #d0d7de;border-radius:4px;padding:4px"
@@ -74,12 +69,12 @@ class _VariantsView:
 class DeploymentRow(widgets.HBox):
     """One running deployment with its stop / logs / demo buttons."""
 
-    def __init__(self, record: dict[str, Any]) -> None:
-        self.name: str = record["name"]
-        url = f"{record['url']}/v2/models/{record['name']}"
+    def __init__(self, view: DeploymentView) -> None:
+        self.name: str = view.name
+        url = view.infer_url.removesuffix("/infer")
         self.label = widgets.HTML(
-            f"<b>{esc(self.name)}</b> v{esc(record['version'])} &middot; {esc(record['runtime'])}"
-            f" &middot; {esc(record['status'])} &middot; <a href='{esc(url)}' target='_blank'>"
+            f"<b>{esc(self.name)}</b> v{esc(view.version)} &middot; {esc(view.runtime)}"
+            f" &middot; {esc(view.status)} &middot; <a href='{esc(url)}' target='_blank'>"
             f"<code>{esc(url)}</code></a>"
         )
         self.stop_button = widgets.Button(description="stop", icon="stop", button_style="danger")
@@ -227,11 +222,11 @@ class DeployPanel(widgets.VBox):
     def refresh(self) -> None:
         """Re-read the running deployments and their live status."""
         try:
-            records = api.deployment_rows()
+            views = api.deployment_views()
         except NbdeployError as exc:
             self._fail(str(exc))
             return
-        rows = {record["name"]: DeploymentRow(record) for record in records}
+        rows = {view.name: DeploymentRow(view) for view in views}
         for row in rows.values():
             row.stop_button.on_click(lambda _, name=row.name: self.stop(name))
             row.logs_button.on_click(lambda _, name=row.name: self.show_logs(name))
@@ -364,23 +359,25 @@ class DeployPanel(widgets.VBox):
         self.status.value = "failed"
         self._log(f"error: {message}", error=True)
 
-    def _progress(self, message: str) -> None:
-        """The ``progress=`` callback of the core calls: log the line, move the bar."""
-        self._log(message)
-        stage = message.split(":", 1)[0].strip()
-        if stage in STAGE_PROGRESS:
-            self.progress.value = max(self.progress.value, STAGE_PROGRESS[stage])
+    def _progress(self, event: ProgressEvent) -> None:
+        """The ``progress=`` callback of the core calls: log the step, move the bar."""
+        self._log(str(event))
+        self.progress.value = max(self.progress.value, event.fraction)
+
+    def _step(self, stage: Stage, message: str) -> None:
+        """A step the panel itself takes (export, quantize, benchmark), shown like the core's."""
+        self._progress(ProgressEvent(stage, message))
 
     def _show(self, *objects: Any) -> None:
         self.results.outputs = tuple(_bundle(obj) for obj in objects)
 
     def _ensure_export(self, variable: str, model: Any, sample: Any) -> Any:
         if self.artifact is None:
-            self._progress("export: converting to ONNX and checking parity")
+            self._step("export", "converting to ONNX and checking parity")
             self.artifact = api.export(model, sample, name=self._name(variable, model))
             parity = self.artifact.parity or "no parity check: ONNX input"
-            size = size_text(self.artifact.size_bytes)
-            self._progress(f"export: {self.artifact.label}, {size}, parity {parity}")
+            size = _format.size(self.artifact.size_bytes)
+            self._step("export", f"{self.artifact.label}, {size}, parity {parity}")
         return self.artifact
 
     def _export(self, variable: str, model: Any, sample: Any) -> None:
@@ -391,19 +388,19 @@ class DeployPanel(widgets.VBox):
     def _quantize(self, variable: str, model: Any, sample: Any) -> None:
         artifact = self._ensure_export(variable, model, sample)
         mode = self.quantize_picker.value
-        modes = ("int8", "fp16") if mode in ("none", "auto") else (mode,)
-        self._progress(f"quantize: {', '.join(modes)}")
+        modes = AUTO_CANDIDATES if mode in ("none", "auto") else (mode,)
+        self._step("quantize", ", ".join(modes))
         self.variants = api.quantize(artifact, modes, calibration=sample)
         for variant in self.variants:
             state = "ok" if variant.ok else f"not usable: {variant.quantization.reason}"
-            self._log(f"quantize: {variant.variant} {size_text(variant.size_bytes)}, {state}")
+            self._log(f"quantize: {variant.variant} {_format.size(variant.size_bytes)}, {state}")
         self._show(_VariantsView(variant_rows([artifact, *self.variants], self.report)))
 
     def _benchmark(self, variable: str, model: Any, sample: Any) -> None:
         if sample is None:
             raise NbdeployError("benchmark needs a sample: pick an array or type an expression")
         artifact = self._ensure_export(variable, model, sample)
-        self._progress("benchmark: measuring every variant at batch sizes 1 and 8")
+        self._step("benchmark", "measuring every variant at batch sizes 1 and 8")
         self.report = api.benchmark(
             [artifact, *self.variants],
             sample,

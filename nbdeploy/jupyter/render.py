@@ -16,9 +16,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nbdeploy import _format
 from nbdeploy._types import Signature
 from nbdeploy.artifact import ModelArtifact
 from nbdeploy.bench import BenchmarkReport
+from nbdeploy.vocabulary import DeploymentView, ProgressEvent
 
 MAX_INLINE_ELEMENTS = 4096
 CARD_STYLE = (
@@ -46,24 +48,6 @@ def html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return (
         f"<table style='{TABLE_STYLE}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     )
-
-
-def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
-
-    def line(row: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, cells)])
-
-
-def size_text(size_bytes: int | None) -> str:
-    if size_bytes is None:
-        return ""
-    if size_bytes < 1024 * 1024:
-        return f"{size_bytes / 1024:.1f} KiB"
-    return f"{size_bytes / (1024 * 1024):.2f} MiB"
 
 
 def figure_png(figure: Any) -> bytes:
@@ -98,12 +82,12 @@ class VariantRow:
     def cells(self) -> list[str]:
         return [
             self.variant + (" (served)" if self.served else ""),
-            size_text(self.size_bytes),
+            _format.size(self.size_bytes),
             f"{self.max_abs_error:.2g}" if self.max_abs_error is not None else "",
             f"{self.top1_agreement:.1%}" if self.top1_agreement is not None else "",
             f"{self.accuracy_delta:+.1%}" if self.accuracy_delta is not None else "",
-            _ms(self.p50_ms),
-            _ms(self.p99_ms),
+            _format.ms(self.p50_ms),
+            _format.ms(self.p99_ms),
             f"{self.throughput:,.0f}" if self.throughput is not None else "",
             self.note,
         ]
@@ -120,10 +104,6 @@ VARIANT_HEADERS = (
     "samples/s",
     "note",
 )
-
-
-def _ms(value: float | None) -> str:
-    return f"{value:.3f}" if value is not None and math.isfinite(value) else ""
 
 
 def variant_rows(
@@ -174,7 +154,7 @@ def variants_html(rows: Sequence[VariantRow]) -> str:
 
 
 def variants_text(rows: Sequence[VariantRow]) -> str:
-    return text_table(VARIANT_HEADERS, [row.cells() for row in rows])
+    return _format.text_table(VARIANT_HEADERS, [row.cells() for row in rows])
 
 
 @dataclass
@@ -376,11 +356,11 @@ DEPLOYMENT_HEADERS = ("name", "version", "runtime", "status", "url", "created")
 class DeploymentTable:
     """What ``%deployments`` returns: the rows as data, shown as a table."""
 
-    rows: list[dict[str, Any]]
+    rows: list[DeploymentView]
 
     @property
     def names(self) -> list[str]:
-        return [row["name"] for row in self.rows]
+        return [row.name for row in self.rows]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -388,12 +368,12 @@ class DeploymentTable:
     def _cells(self) -> list[list[str]]:
         return [
             [
-                str(row.get("name", "")),
-                str(row.get("version", "")),
-                str(row.get("runtime", "")),
-                str(row.get("status", "")),
-                f"{row.get('url', '')}/v2/models/{row.get('name', '')}",
-                str(row.get("created_at", ""))[:19],
+                row.name,
+                str(row.version),
+                row.runtime,
+                row.status,
+                row.infer_url.removesuffix("/infer"),
+                row.created_at[:19],
             ]
             for row in self.rows
         ]
@@ -406,13 +386,13 @@ class DeploymentTable:
     def __repr__(self) -> str:
         if not self.rows:
             return "no deployments are running"
-        return text_table(DEPLOYMENT_HEADERS, self._cells())
+        return _format.text_table(DEPLOYMENT_HEADERS, self._cells())
 
 
-def progress_html(steps: Sequence[str], *, done: bool = False) -> str:
+def progress_html(steps: Sequence[ProgressEvent], *, done: bool = False) -> str:
     """The live view ``%deploy`` updates in place while it works."""
-    items = "".join(f"<div>{esc(step)}</div>" for step in steps[:-1])
-    current = steps[-1] if steps else "starting"
+    items = "".join(f"<div>{esc(str(step))}</div>" for step in steps[:-1])
+    current = str(steps[-1]) if steps else "starting"
     marker = "&#10003;" if done else "&#8987;"
     return (
         f"<div style='{CARD_STYLE};font-family:monospace;font-size:90%'>"

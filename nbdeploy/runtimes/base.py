@@ -7,19 +7,17 @@ Handles are plain data so the store can keep them in SQLite and re-attach after 
 
 from __future__ import annotations
 
+import socket
 import time
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 from nbdeploy._errors import DeployError
-
-Status = Literal["starting", "running", "exited", "restarting", "missing"]
-STATUSES: tuple[str, ...] = ("starting", "running", "exited", "restarting", "missing")
+from nbdeploy.vocabulary import Progress, ServerSettings, ServerStatus, emit
 
 READY_PATH = "/v2/health/ready"
 
@@ -34,32 +32,11 @@ class LaunchSpec:
     sha256: str
     port: int
     token: str | None
-    max_batch_size: int = 32
-    max_queue_delay_ms: float = 2.0
-    batching: bool = True
-    cpus: float | None = None
-    memory: str | None = "1g"
-    threads: int | None = None
-    progress: Callable[[str], None] | None = None
-
-    def server_args(self) -> list[str]:
-        """Tuning flags for ``python -m nbdeploy.serve``, shared by every runtime."""
-        args = [
-            "--max-batch-size",
-            str(self.max_batch_size),
-            "--max-queue-delay-ms",
-            str(self.max_queue_delay_ms),
-        ]
-        if not self.batching:
-            args.append("--no-batching")
-        threads = self.threads or (max(1, int(self.cpus)) if self.cpus else None)
-        if threads:
-            args += ["--threads", str(threads)]
-        return args
+    settings: ServerSettings = field(default_factory=ServerSettings)
+    progress: Progress | None = None
 
     def say(self, line: str) -> None:
-        if self.progress is not None:
-            self.progress(line)
+        emit(self.progress, "launch", line)
 
 
 @dataclass
@@ -91,6 +68,38 @@ def local_url(port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    """True when something already listens on (or holds) ``127.0.0.1:port``.
+
+    SO_REUSEADDR mirrors what the server does, so leftover TIME_WAIT connections do not count.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def ensure_port_free(port: int) -> None:
+    """Raise a readable error before launching when ``port`` is taken."""
+    if not 0 < port < 65536:
+        raise DeployError(f"port must be between 1 and 65535; got {port}")
+    if port_in_use(port):
+        raise DeployError(
+            f"port {port} on 127.0.0.1 is already in use; pick another port or pass port=None "
+            "to get a free one"
+        )
+
+
 def probe_ready(url: str, timeout: float = 0.5) -> bool:
     """True when the server at ``url`` answers its readiness route with 200."""
     try:
@@ -103,7 +112,13 @@ def probe_ready(url: str, timeout: float = 0.5) -> bool:
 class Runtime(ABC):
     """Start, stop, inspect and re-find inference servers of one kind."""
 
-    name: str
+    name: ClassVar[str]
+    unavailable_hint: ClassVar[str] = ""
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether this runtime can start servers on this machine right now."""
+        return True
 
     @abstractmethod
     def start(self, spec: LaunchSpec) -> RuntimeHandle:
@@ -114,16 +129,12 @@ class Runtime(ABC):
         """Stop the server (gracefully, then by force after ``timeout`` s) and clean up."""
 
     @abstractmethod
-    def status(self, handle: RuntimeHandle) -> Status:
+    def status(self, handle: RuntimeHandle) -> ServerStatus:
         """One of ``starting``, ``running``, ``exited``, ``restarting``, ``missing``."""
 
     @abstractmethod
     def logs(self, handle: RuntimeHandle, tail: int = 200) -> str:
         """The last ``tail`` lines the server wrote; empty when it is gone."""
-
-    @abstractmethod
-    def find(self, name: str) -> list[RuntimeHandle]:
-        """Every server this runtime launched for deployment ``name``, running or not."""
 
     def address(self, handle: RuntimeHandle) -> str:
         return local_url(handle.port)

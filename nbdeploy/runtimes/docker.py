@@ -14,16 +14,17 @@ import re
 from typing import Any
 
 from nbdeploy._errors import DeployError
-from nbdeploy.image import USER_ID, build_model_image, docker_client
-from nbdeploy.runtimes import ensure_port_free
 from nbdeploy.runtimes.base import (
     LaunchSpec,
     Runtime,
     RuntimeHandle,
-    Status,
+    ensure_port_free,
     local_url,
     probe_ready,
 )
+from nbdeploy.runtimes.engine import START_ENGINE_HINT, docker_available, docker_client
+from nbdeploy.runtimes.image import USER_ID, build_model_image
+from nbdeploy.vocabulary import ServerStatus
 
 NETWORK_MODES = ("host", "bridge")
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
@@ -66,6 +67,11 @@ class DockerRuntime(Runtime):
     """Build the model image (reusing the shared server image) and run it as a container."""
 
     name = "docker"
+    unavailable_hint = f"it needs a running Docker engine and none answers: {START_ENGINE_HINT}"
+
+    @classmethod
+    def available(cls) -> bool:
+        return docker_available()
 
     def __init__(self) -> None:
         self._client: Any = None
@@ -87,7 +93,7 @@ class DockerRuntime(Runtime):
         name = container_name(spec.name, spec.version, spec.sha256)
         self._remove_stale(name)
         options: dict[str, Any] = {
-            "command": spec.server_args(),
+            "command": spec.settings.server_args(),
             "detach": True,
             "name": name,
             "user": str(USER_ID),
@@ -113,10 +119,10 @@ class DockerRuntime(Runtime):
         }
         if mode != "host":
             options["ports"] = {f"{spec.port}/tcp": ("127.0.0.1", spec.port)}
-        if spec.memory:
-            options["mem_limit"] = spec.memory
-        if spec.cpus:
-            options["nano_cpus"] = int(spec.cpus * 1e9)
+        if spec.settings.memory:
+            options["mem_limit"] = spec.settings.memory
+        if spec.settings.cpus:
+            options["nano_cpus"] = int(spec.settings.cpus * 1e9)
         spec.say(f"starting container {name} ({mode} network) on 127.0.0.1:{spec.port}")
         try:
             container = self.client.containers.run(image, **options)
@@ -150,7 +156,7 @@ class DockerRuntime(Runtime):
                 f"Docker could not stop {container.name}: {exc.explanation or exc}"
             ) from exc
 
-    def status(self, handle: RuntimeHandle) -> Status:
+    def status(self, handle: RuntimeHandle) -> ServerStatus:
         container = self._container(handle.ref)
         if container is None:
             return "missing"
@@ -169,30 +175,6 @@ class DockerRuntime(Runtime):
             return ""
         output = container.logs(stdout=True, stderr=True, tail=tail)
         return output.decode("utf-8", errors="replace")
-
-    def find(self, name: str) -> list[RuntimeHandle]:
-        containers = self.client.containers.list(
-            all=True, filters={"label": ["nbdeploy.managed=true", f"nbdeploy.name={name}"]}
-        )
-        handles = []
-        for container in containers:
-            labels = container.labels
-            try:
-                port = int(labels["nbdeploy.port"])
-                version = int(labels["nbdeploy.version"])
-            except (KeyError, ValueError):
-                continue
-            handles.append(
-                RuntimeHandle(
-                    runtime=self.name,
-                    ref=container.id,
-                    name=labels.get("nbdeploy.name", name),
-                    version=version,
-                    port=port,
-                    url=local_url(port),
-                )
-            )
-        return handles
 
     def container(self, handle: RuntimeHandle) -> Any:
         """The SDK container object for ``handle`` (None when gone), for inspection."""
@@ -217,3 +199,6 @@ class DockerRuntime(Runtime):
                 "stop that deployment first"
             )
         existing.remove(force=True)
+
+
+RUNTIME = DockerRuntime

@@ -16,20 +16,18 @@ from typing import Any
 
 from nbdeploy import _procs, _settings
 from nbdeploy._errors import DeployError
-from nbdeploy.runtimes import ensure_port_free
 from nbdeploy.runtimes.base import (
     LaunchSpec,
     Runtime,
     RuntimeHandle,
-    Status,
+    ensure_port_free,
     local_url,
     probe_ready,
 )
+from nbdeploy.vocabulary import ServerStatus
 
 PIDFILE = "handle.json"
 LOGFILE = "server.log"
-
-# Children started by this interpreter, so their exit status is collected (no zombies).
 
 
 def run_root() -> Path:
@@ -67,7 +65,7 @@ class ProcessRuntime(Runtime):
             "127.0.0.1",
             "--port",
             str(spec.port),
-            *spec.server_args(),
+            *spec.settings.server_args(),
         ]
         spec.say(f"starting {spec.name} v{spec.version} as a local process on port {spec.port}")
         pid, started = _procs.spawn(
@@ -94,7 +92,7 @@ class ProcessRuntime(Runtime):
         if run_dir is not None:
             shutil.rmtree(run_dir, ignore_errors=True)
 
-    def status(self, handle: RuntimeHandle) -> Status:
+    def status(self, handle: RuntimeHandle) -> ServerStatus:
         run_dir = _run_dir(handle)
         if run_dir is None or not (run_dir / PIDFILE).is_file():
             return "missing"
@@ -110,18 +108,6 @@ class ProcessRuntime(Runtime):
             log.seek(max(0, log.tell() - 1_000_000))
             lines = log.read().decode("utf-8", errors="replace").splitlines()
         return "\n".join(lines[-tail:]) if tail > 0 else ""
-
-    def find(self, name: str) -> list[RuntimeHandle]:
-        handles = []
-        for pidfile in sorted(run_root().glob(f"*/{PIDFILE}")):
-            try:
-                record = json.loads(pidfile.read_text())
-                handle = RuntimeHandle.from_dict(record["handle"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if handle.name == name:
-                handles.append(handle)
-        return handles
 
 
 def _server_env(token: str | None) -> dict[str, str]:
@@ -145,3 +131,6 @@ def _recorded_start_time(handle: RuntimeHandle) -> str | None:
     except (OSError, ValueError, TypeError):
         return None
     return record.get("start_time")
+
+
+RUNTIME = ProcessRuntime

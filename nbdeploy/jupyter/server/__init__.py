@@ -26,7 +26,7 @@ def routes(base_url: str) -> list[tuple[str, type]]:
     """Every route of the extension, under Jupyter's ``base_url``."""
     from nbdeploy.jupyter.server import handlers
     from nbdeploy.jupyter.server.proxy import ProxyHandler
-    from nbdeploy.jupyter.server.views import PROXY_PREFIX
+    from nbdeploy.vocabulary import PROXY_PREFIX
 
     def api(path: str) -> str:
         return url_path_join(base_url, API_PREFIX, path)

@@ -20,9 +20,10 @@ from jupyter_server.base.handlers import APIHandler
 from tornado.web import HTTPError
 
 from nbdeploy import api
-from nbdeploy._errors import DeployError, NbdeployError, RepositoryError
+from nbdeploy._errors import DeployError, InputError, NbdeployError, RepositoryError
 from nbdeploy.endpoint import Endpoint
 from nbdeploy.jupyter.server import metrics, views
+from nbdeploy.vocabulary import check_name
 
 HTTP_CLIENT = "nbdeploy_http_client"
 VOILA_ROOT = "nbdeploy_voila_root"
@@ -44,11 +45,9 @@ def error_message(exc: BaseException | None, status: int) -> str:
 
 
 def check_deployment_name(name: str) -> str:
-    from nbdeploy.repository import check_name
-
     try:
         return check_name(name)
-    except RepositoryError as exc:
+    except InputError as exc:
         raise http_error(400, str(exc)) from exc
 
 

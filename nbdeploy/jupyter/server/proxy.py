@@ -23,7 +23,7 @@ from nbdeploy.jupyter.server.handlers import (
     find_endpoint,
     http_error,
 )
-from nbdeploy.jupyter.server.views import PROXY_PREFIX
+from nbdeploy.vocabulary import PROXY_PREFIX
 
 HOP_BY_HOP = frozenset(
     {

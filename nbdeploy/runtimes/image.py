@@ -21,14 +21,13 @@ import sys
 import tarfile
 import tempfile
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from nbdeploy import _settings
 from nbdeploy._errors import DeployError
-
-Progress = Callable[[str], None] | None
+from nbdeploy.runtimes.engine import docker_client
+from nbdeploy.vocabulary import Progress, check_name, emit
 
 SERVER_PACKAGES: tuple[str, ...] = (
     "onnxruntime",
@@ -40,9 +39,6 @@ SERVER_PACKAGES: tuple[str, ...] = (
     "prometheus-client",
 )
 TARGET_PYTHON = "3.11"
-# Raw pip / docker build output reaches the progress callback behind this prefix, so a surface
-# can show stages alone and keep the detail for a log view.
-DETAIL_PREFIX = "  | "
 # Debian bookworm (both base images) has glibc 2.36: every manylinux tag up to it fits.
 PLATFORMS: tuple[str, ...] = (
     "manylinux2014_x86_64",
@@ -67,8 +63,6 @@ SERVER_REPOSITORY = "nbdeploy-server"
 MODEL_REPOSITORY_PREFIX = "nbdeploy-model-"
 MODELS_ROOT = "/models"
 USER_ID = 10001
-BUILD_TIMEOUT_S = 900
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 _ENTRYPOINT = json.dumps(
     [
@@ -157,7 +151,7 @@ def pinned_requirements(roots: tuple[str, ...] = SERVER_PACKAGES) -> list[str]:
     return [f"{name}=={version}" for name, version in sorted(pins.items())]
 
 
-def wheelhouse(progress: Progress = None) -> Path:
+def wheelhouse(progress: Progress | None = None) -> Path:
     """A directory of the server's cp311 manylinux wheels and a ``requirements.txt``.
 
     Downloaded once per set of pinned versions from the package index and kept under
@@ -172,7 +166,11 @@ def wheelhouse(progress: Progress = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
     try:
-        _say(progress, f"downloading server wheels for Python {TARGET_PYTHON}: {' '.join(pins)}")
+        emit(
+            progress,
+            "image",
+            f"downloading server wheels for Python {TARGET_PYTHON}: {' '.join(pins)}",
+        )
         _pip_download(pins, scratch, progress)
         (scratch / "requirements.txt").write_text("\n".join(pins) + "\n")
         try:
@@ -185,7 +183,7 @@ def wheelhouse(progress: Progress = None) -> Path:
     return final
 
 
-def _pip_download(pins: list[str], dest: Path, progress: Progress) -> None:
+def _pip_download(pins: list[str], dest: Path, progress: Progress | None) -> None:
     platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
     command = [
         sys.executable,
@@ -213,24 +211,12 @@ def _pip_download(pins: list[str], dest: Path, progress: Progress) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line.rstrip())
-            _say(progress, DETAIL_PREFIX + line.rstrip())
+            emit(progress, "image", line.rstrip(), detail=True)
     if proc.returncode != 0:
         raise DeployError(
             "could not download the server's wheels from the package index (pip download exited "
             f"{proc.returncode}); last lines:\n" + "\n".join(lines)
         )
-
-
-def docker_client(timeout: int = BUILD_TIMEOUT_S) -> Any:
-    """A Docker SDK client for the engine in the environment (``DOCKER_HOST`` or the socket)."""
-    import docker
-
-    try:
-        return docker.from_env(timeout=timeout)
-    except docker.errors.DockerException as exc:
-        from nbdeploy.runtimes import START_ENGINE_HINT
-
-        raise DeployError(f"no Docker engine answers: {START_ENGINE_HINT}") from exc
 
 
 def base_image(client: Any = None) -> str:
@@ -252,7 +238,7 @@ def base_image(client: Any = None) -> str:
 
 def serve_sources() -> dict[str, bytes]:
     """The inference server's files, keyed by path relative to the ``nbdeploy`` package."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     serve = package / "serve"
     files = {
         str(path.relative_to(package)): path.read_bytes()
@@ -264,7 +250,7 @@ def serve_sources() -> dict[str, bytes]:
     return files
 
 
-def ensure_server_image(progress: Progress = None, *, rebuild: bool = False) -> str:
+def ensure_server_image(progress: Progress | None = None, *, rebuild: bool = False) -> str:
     """The tag of the shared server image, built only when no image for this content exists.
 
     ``rebuild`` builds it again from scratch, without Docker's layer cache (to time a cold build).
@@ -290,7 +276,7 @@ def ensure_server_image(progress: Progress = None, *, rebuild: bool = False) -> 
         tag = f"{SERVER_REPOSITORY}:{key}"
         if not rebuild and _local_image(client, tag) is not None:
             return tag
-        _say(progress, f"building server image {tag} from {base}")
+        emit(progress, "image", f"building server image {tag} from {base}")
         with _context_tar() as (tar, context):
             _add_bytes(tar, "Dockerfile", dockerfile.encode())
             for wheel in sorted(wheels.iterdir()):
@@ -311,15 +297,11 @@ def model_image_tag(name: str, version: int, sha256: str) -> str:
 
 
 def build_model_image(
-    model_dir: Path, name: str, version: int, sha256: str, progress: Progress = None
+    model_dir: Path, name: str, version: int, sha256: str, progress: Progress | None = None
 ) -> str:
     """The tag of an image serving ``model_dir`` as ``/models/<name>/<version>``."""
     model_dir = Path(model_dir)
-    if not NAME_PATTERN.match(name):
-        raise DeployError(
-            f"a deployment name must be letters, digits, '_', '.' or '-' (starting with a letter "
-            f"or digit); got {name!r}"
-        )
+    check_name(name)
     if not (model_dir / "model.onnx").is_file():
         raise DeployError(f"expected a model version directory holding model.onnx; got {model_dir}")
     server = ensure_server_image(progress)
@@ -329,7 +311,7 @@ def build_model_image(
         existing = _local_image(client, tag)
         if existing is not None and existing.labels.get("nbdeploy.server") == server:
             return tag
-        _say(progress, f"building model image {tag}")
+        emit(progress, "image", f"building model image {tag}")
         labels = {
             "nbdeploy.managed": "true",
             "nbdeploy.role": "model",
@@ -354,14 +336,14 @@ def build_model_image(
         client.close()
 
 
-def _ensure_base(client: Any, base: str, progress: Progress) -> str:
+def _ensure_base(client: Any, base: str, progress: Progress | None) -> str:
     """The id of the base image, pulling it when it is not on the machine."""
     import docker
 
     image = _local_image(client, base)
     if image is not None:
         return str(image.id)
-    _say(progress, f"pulling base image {base}")
+    emit(progress, "image", f"pulling base image {base}")
     try:
         return str(client.images.pull(base).id)
     except docker.errors.APIError as exc:
@@ -382,7 +364,7 @@ def _local_image(client: Any, tag: str) -> Any:
 
 
 def _build(
-    client: Any, context: IO[bytes], tag: str, progress: Progress, *, nocache: bool = False
+    client: Any, context: IO[bytes], tag: str, progress: Progress | None, *, nocache: bool = False
 ) -> None:
     """Run one image build with no network, streaming its log; raise with the last lines."""
     import docker
@@ -404,7 +386,7 @@ def _build(
             for line in text.splitlines():
                 if line.strip():
                     recent.append(line.rstrip())
-                    _say(progress, DETAIL_PREFIX + line.rstrip())
+                    emit(progress, "image", line.rstrip(), detail=True)
             if "error" in chunk:
                 recent.append(str(chunk["error"]).strip())
                 raise DeployError(f"building image {tag} failed:\n" + "\n".join(recent))
@@ -448,8 +430,3 @@ def _add_bytes(tar: tarfile.TarFile, arcname: str, data: bytes) -> None:
 
 def _digest(data: str | bytes) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
-
-
-def _say(progress: Progress, line: str) -> None:
-    if progress is not None:
-        progress(line)
