@@ -2,18 +2,20 @@ import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
 /**
- * One row of `GET nbdeploy/api/deployments`.
+ * One row of `GET nbdeploy/api/deployments`: field for field the Python `DeploymentView`
+ * (nbdeploy/vocabulary.py); tests/jupyter/test_labextension_record.py keeps the two equal.
  */
 export interface IDeployment {
   name: string;
   version: number;
   runtime: string;
+  state: string;
   status: string;
   url: string;
   infer_url: string;
   proxy_path: string;
-  created: string;
-  variant: string;
+  created_at: string;
+  variant: string | null;
   p50_ms: number | null;
   p99_ms: number | null;
   demo_url: string | null;

@@ -8,10 +8,12 @@ import {
   MainAreaWidget,
   Notification
 } from '@jupyterlab/apputils';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { LabIcon } from '@jupyterlab/ui-components';
 import { CommandRegistry } from '@lumino/commands';
 
 import { createLogsPanel, LogsView } from './logs';
+import { DEFAULT_REFRESH_SECONDS, DeploymentsModel } from './model';
 import { DeploymentsPanel } from './sidebar';
 
 const CATEGORY = 'nbdeploy';
@@ -60,23 +62,51 @@ async function insertDeployPanel(commands: CommandRegistry): Promise<boolean> {
   return true;
 }
 
+/**
+ * Apply the user's settings (schema/plugin.json) to the model, now and whenever they change.
+ */
+async function followSettings(
+  registry: ISettingRegistry,
+  pluginId: string,
+  model: DeploymentsModel
+): Promise<void> {
+  const apply = (settings: ISettingRegistry.ISettings) => {
+    const seconds = settings.get('refreshInterval').composite;
+    model.refreshInterval =
+      typeof seconds === 'number' ? seconds : DEFAULT_REFRESH_SECONDS;
+  };
+  try {
+    const settings = await registry.load(pluginId);
+    apply(settings);
+    settings.changed.connect(apply);
+  } catch (error) {
+    console.warn(`nbdeploy: cannot read the settings of ${pluginId}`, error);
+  }
+}
+
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'nbdeploy:plugin',
   description:
     'A Deployments sidebar for nbdeploy endpoints, with commands to show it and to insert the deploy panel.',
   autoStart: true,
-  optional: [ICommandPalette, ILayoutRestorer],
+  optional: [ICommandPalette, ILayoutRestorer, ISettingRegistry],
   activate: (
     app: JupyterFrontEnd,
     palette: ICommandPalette | null,
-    restorer: ILayoutRestorer | null
+    restorer: ILayoutRestorer | null,
+    settingRegistry: ISettingRegistry | null
   ) => {
     const { commands, shell } = app;
     const logPanels = new Map<string, MainAreaWidget<LogsView>>();
-    const sidebar = new DeploymentsPanel({
+    const model = new DeploymentsModel();
+    const sidebar = new DeploymentsPanel(model, {
       openLogs: name => void commands.execute(CommandIDs.openLogs, { name }),
       insertDeployPanel: () => void commands.execute(CommandIDs.insertPanel)
     });
+    sidebar.disposed.connect(() => model.dispose());
+    if (settingRegistry) {
+      void followSettings(settingRegistry, plugin.id, model);
+    }
     sidebar.title.icon = deployIcon;
     shell.add(sidebar, 'left', { rank: 900 });
     restorer?.add(sidebar, sidebar.id);

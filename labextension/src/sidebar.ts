@@ -7,14 +7,9 @@ import {
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import {
-  IDeployment,
-  jupyterURL,
-  listDeployments,
-  stopDeployment
-} from './api';
+import { IDeployment, jupyterURL, stopDeployment } from './api';
+import { DeploymentsModel } from './model';
 
-const REFRESH_MS = 5000;
 const STATUS_CLASSES: Record<string, string> = {
   running: 'nbdeploy-status-ok',
   starting: 'nbdeploy-status-busy',
@@ -62,11 +57,14 @@ function formatMs(value: number | null): string {
 }
 
 /**
- * The left-sidebar list of deployments, refreshed every few seconds while it is visible
- * (and the browser tab is in front), so it costs the server nothing while collapsed.
+ * The left-sidebar list of deployments, drawn from a DeploymentsModel only: it re-renders on
+ * `model.changed` and tells the model when it is shown, so the model polls only while it is.
  */
 export class DeploymentsPanel extends Widget {
-  constructor(private readonly _actions: IDeploymentsActions) {
+  constructor(
+    readonly model: DeploymentsModel,
+    private readonly _actions: IDeploymentsActions
+  ) {
     super();
     this.id = 'nbdeploy-deployments';
     this.addClass('nbdeploy-DeploymentsPanel');
@@ -78,63 +76,38 @@ export class DeploymentsPanel extends Widget {
     this._error = element('div', 'nbdeploy-error');
     this._list = element('ul', 'nbdeploy-list');
     this.node.append(header, this._error, this._list);
+
+    model.changed.connect(this._render, this);
+    this._render();
   }
 
   /**
-   * Reload the list from the server; overlapping calls share one request.
+   * Reload the list now; resolves once the model has the answer.
    */
   refresh(): Promise<void> {
-    if (!this._pending) {
-      this._pending = this._load().finally(() => {
-        this._pending = null;
-      });
-    }
-    return this._pending;
-  }
-
-  dispose(): void {
-    this._stopTimer();
-    super.dispose();
+    return this.model.refresh();
   }
 
   protected onAfterShow(msg: Message): void {
-    void this.refresh();
-    this._stopTimer();
-    this._timer = window.setInterval(() => {
-      if (this.isVisible && !document.hidden) {
-        void this.refresh();
-      }
-    }, REFRESH_MS);
+    this.model.visible = true;
   }
 
   protected onAfterHide(msg: Message): void {
-    this._stopTimer();
+    this.model.visible = false;
   }
 
-  private _stopTimer(): void {
-    if (this._timer !== null) {
-      window.clearInterval(this._timer);
-      this._timer = null;
-    }
-  }
-
-  private async _load(): Promise<void> {
-    try {
-      const rows = await listDeployments();
-      this._error.textContent = '';
-      this._render(rows);
-    } catch (error) {
-      this._error.textContent = `Cannot list deployments: ${(error as Error).message}`;
-    }
-  }
-
-  private _render(rows: IDeployment[]): void {
+  private _render(): void {
+    const { deployments, error, loaded } = this.model;
+    this._error.textContent = error ?? '';
     this._list.replaceChildren();
-    if (rows.length === 0) {
+    if (!loaded) {
+      return;
+    }
+    if (deployments.length === 0) {
       this._list.appendChild(this._emptyState());
       return;
     }
-    for (const row of rows) {
+    for (const row of deployments) {
       this._list.appendChild(this._row(row));
     }
   }
@@ -173,9 +146,11 @@ export class DeploymentsPanel extends Widget {
       `nbdeploy-status ${STATUS_CLASSES[row.status] ?? 'nbdeploy-status-down'}`
     );
     dot.title = row.status;
+    const name = element('span', 'nbdeploy-name', row.name);
+    name.title = `${row.name} v${row.version}, ${row.state}, deployed ${row.created_at}`;
     heading.append(
       dot,
-      element('span', 'nbdeploy-name', row.name),
+      name,
       element('span', 'nbdeploy-meta', `v${row.version}`),
       element('span', 'nbdeploy-meta', row.runtime),
       element('span', 'nbdeploy-meta nbdeploy-p50', formatMs(row.p50_ms))
@@ -231,6 +206,4 @@ export class DeploymentsPanel extends Widget {
 
   private readonly _error: HTMLDivElement;
   private readonly _list: HTMLUListElement;
-  private _pending: Promise<void> | null = null;
-  private _timer: number | null = null;
 }
