@@ -1,0 +1,62 @@
+"""Headless Chromium for the browser tests: Debian's /usr/bin/chromium driven by Playwright.
+
+``tests/browser/conftest.py`` keeps pytest-jupyter's per-test event loop away from
+Playwright's sync API, which runs its own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_missing() -> str | None:
+    """Why a browser test cannot run here, or None."""
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} is not installed (apt-get install -y chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright python package is not installed"
+    return None
+
+
+@contextmanager
+def chromium_context(width: int = 1100, height: int = 900) -> Iterator[Any]:
+    """A headless Chromium with a fresh profile that reaches 127.0.0.1 only; removed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="nbdeploy-chromium-")
+    try:
+        with sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                profile,
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_FLAGS,
+                viewport={"width": width, "height": height},
+            )
+            context.route(
+                lambda url: not url.startswith("http://127.0.0.1"), lambda route: route.abort()
+            )
+            try:
+                yield context
+            finally:
+                context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
