@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 import nbdeploy as nbd  # noqa: E402
 from nbdeploy import _ort  # noqa: E402
 from nbdeploy.bench import BenchmarkReport, BenchmarkResult  # noqa: E402
-from tests import models  # noqa: E402
+from tests.helpers import models  # noqa: E402
 
 BATCH_SIZES = (1, 8)
 MLP_SPEEDUP_TARGET = 1.5

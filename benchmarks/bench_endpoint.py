@@ -35,7 +35,7 @@ import nbdeploy as nbd  # noqa: E402
 from nbdeploy.bench import machine_info  # noqa: E402
 from nbdeploy.bench_http import benchmark_endpoint  # noqa: E402
 from nbdeploy.runtimes import docker_available  # noqa: E402
-from tests import models  # noqa: E402
+from tests.helpers import models  # noqa: E402
 
 
 def wide_mlp():

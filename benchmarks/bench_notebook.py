@@ -30,9 +30,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.browser import chromium_context, chromium_missing  # noqa: E402
-from tests.demo_helpers import TRAIN_ROWS, digit_images, write_digit_png  # noqa: E402
-from tests.models import cnn, train  # noqa: E402
+from tests.helpers.browser import chromium_context, chromium_missing  # noqa: E402
+from tests.helpers.demo import TRAIN_ROWS, digit_images, write_digit_png  # noqa: E402
+from tests.helpers.models import cnn, train  # noqa: E402
 
 DEPLOY_TARGET_S = 15.0
 INTERACTIVE_TARGET_S = 10.0
