@@ -68,7 +68,7 @@ def test_wheelhouse_holds_cp311_manylinux_wheels_of_the_host_versions(cache: Pat
     pinned = (house / "requirements.txt").read_text().split()
     assert pinned == image.pinned_requirements()
     assert len(wheels) == len(pinned)
-    lines: list[str] = []
+    lines: list[ProgressEvent] = []
     assert image.wheelhouse(lines.append) == house
     assert lines == []  # complete: nothing downloaded again
 
@@ -93,13 +93,14 @@ def test_server_and_model_images(tmp_path: Path, client) -> None:
     assert "/v2/health/ready" in " ".join(config["Healthcheck"]["Test"])
     assert "nbdeploy.serve" in " ".join(config["Entrypoint"])
 
-    rebuilt: list[str] = []
+    rebuilt: list[ProgressEvent] = []
     assert image.ensure_server_image(rebuilt.append) == server
     assert rebuilt == []  # the shared server image is reused, not rebuilt
 
     version_dir, sha, _w, _b = model_version(tmp_path, name="imgtest", version=2)
-    log: list[str] = []
-    tag = image.build_model_image(version_dir, "imgtest", 2, sha, log.append)
+    events: list[ProgressEvent] = []
+    tag = image.build_model_image(version_dir, "imgtest", 2, sha, events.append)
+    log = [event.message for event in events]
     try:
         model_image = client.images.get(tag)
         assert model_image.labels["nbdeploy.name"] == "imgtest"
