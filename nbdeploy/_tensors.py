@@ -27,8 +27,27 @@ def to_numpy(value: Any) -> np.ndarray:
         raise InputError(f"cannot turn a {type(value).__name__} into an array: {exc}") from exc
 
 
-def sample_parts(sample: Any) -> list[np.ndarray] | dict[str, np.ndarray]:
-    """Split a sample into positional arrays, or named arrays when it is a mapping."""
+def is_frame(value: Any) -> bool:
+    """True for a pandas DataFrame (or a subclass), judged without importing pandas."""
+    return any(
+        cls.__name__ == "DataFrame" and cls.__module__.split(".")[0] == "pandas"
+        for cls in type(value).__mro__
+    )
+
+
+def sample_parts(
+    sample: Any, *, frame_as_matrix: bool = False
+) -> list[np.ndarray] | dict[str, np.ndarray]:
+    """Split a sample into positional arrays, or named arrays when it is a mapping.
+
+    A pandas DataFrame gives one named array [n, 1] per column (see :func:`column_array`);
+    with ``frame_as_matrix`` (for models taking one feature matrix, e.g. a torch MLP) it is
+    one array [n, columns] instead.
+    """
+    if is_frame(sample):
+        if frame_as_matrix:
+            return [to_numpy(sample)]
+        return {str(name): column_array(sample[name], str(name)) for name in sample.columns}
     if isinstance(sample, Mapping):
         return {str(k): to_numpy(v) for k, v in sample.items()}
     if isinstance(sample, tuple) or (
@@ -36,6 +55,90 @@ def sample_parts(sample: Any) -> list[np.ndarray] | dict[str, np.ndarray]:
     ):
         return [to_numpy(v) for v in sample]
     return [to_numpy(sample)]
+
+
+def column_kind(dtype: Any) -> str:
+    """``numeric``, ``categorical`` or ``boolean``: what a DataFrame column holds."""
+    name = str(dtype)
+    kind = getattr(dtype, "kind", "O")
+    if name in ("bool", "boolean"):
+        return "boolean"
+    if name == "category" or kind in "OSU" or name.startswith("string") or name == "str":
+        return "categorical"
+    return "numeric"
+
+
+def column_array(column: Any, name: str = "column") -> np.ndarray:
+    """One DataFrame column as a 2-D array [n, 1] the ONNX model can be fed with.
+
+    Floats stay floats, integers become int64 (float64 with NaN when a nullable integer
+    column has missing values), booleans stay bool (float64 with NaN when missing), and
+    string / object / category columns become numpy object arrays of ``str`` with missing
+    values as ``""``. A category column with numeric categories gives its numeric values.
+    Dates, durations and other types are refused with one line naming the column.
+    """
+    dtype = column.dtype
+    text = str(dtype)
+    if text == "category":
+        values = np.asarray(column.cat.categories)
+        if values.dtype.kind in "iufb":
+            missing = column.isna().to_numpy()
+            numbers = column.astype(object).where(~column.isna(), np.nan).to_numpy()
+            out_dtype = np.float64 if missing.any() or values.dtype.kind == "f" else np.int64
+            return numbers.astype(out_dtype).reshape(-1, 1)
+        return _strings(column.to_numpy(dtype=object)).reshape(-1, 1)
+    kind = getattr(dtype, "kind", "O")
+    if text in ("bool", "boolean"):
+        if column.isna().any():
+            return column.to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, 1)
+        return column.to_numpy(dtype=bool).reshape(-1, 1)
+    if kind in "iu":
+        if column.isna().any():
+            return column.to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, 1)
+        return column.to_numpy(dtype=np.int64).reshape(-1, 1)
+    if kind == "f":
+        return column.to_numpy(
+            dtype=np.float64 if dtype.itemsize > 4 else np.float32, na_value=np.nan
+        ).reshape(-1, 1)
+    if kind in "OSU" or text.startswith("string") or text == "str":
+        values = column.to_numpy(dtype=object)
+        present = [v for v in values if not _missing(v)]
+        if all(isinstance(v, str | bytes) for v in present):
+            return _strings(values).reshape(-1, 1)
+        if all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in present):
+            return np.array(
+                [np.nan if _missing(v) else v for v in values], dtype=np.float64
+            ).reshape(-1, 1)
+        kinds = sorted({type(v).__name__ for v in present})
+        raise InputError(
+            f"column {name!r} mixes values of types {kinds}: give it one type (strings or numbers)"
+        )
+    raise InputError(
+        f"column {name!r} has dtype {text}, which a model input cannot take: convert it to"
+        " numbers or strings first (e.g. a date to its year, month and day)"
+    )
+
+
+def _missing(value: Any) -> bool:
+    return (
+        value is None
+        or (isinstance(value, float | np.floating) and np.isnan(value))
+        or (type(value).__name__ in ("NAType", "NaTType"))
+    )
+
+
+def _strings(values: Any) -> np.ndarray:
+    """Object array of ``str``: bytes decoded as UTF-8, missing values (None, NaN) as ``""``."""
+    flat = np.asarray(values, dtype=object).ravel()
+    out = np.empty(flat.shape, dtype=object)
+    for i, value in enumerate(flat):
+        if _missing(value):
+            out[i] = ""
+        elif isinstance(value, bytes):
+            out[i] = value.decode("utf-8", errors="replace")
+        else:
+            out[i] = str(value)
+    return out.reshape(np.shape(values))
 
 
 def _is_scalar_list(values: Sequence[Any]) -> bool:
@@ -47,10 +150,26 @@ def _is_scalar_list(values: Sequence[Any]) -> bool:
 def as_feeds(signature: Signature, sample: Any, *, cast: bool = True) -> dict[str, np.ndarray]:
     """Map a sample onto the signature's inputs, casting to the declared dtypes.
 
+    A DataFrame gives the columns the signature names (extra columns are ignored); for a
+    model with one matrix input that is not a column, the whole frame is that matrix.
     Raises InputError naming the expected inputs when the sample does not fit.
     """
-    parts = sample_parts(sample)
     expected = signature.input_names
+    if is_frame(sample):
+        columns = [str(c) for c in sample.columns]
+        if len(expected) == 1 and expected[0] not in columns:
+            parts: list[np.ndarray] | dict[str, np.ndarray] = [to_numpy(sample)]
+        else:
+            missing = [n for n in expected if n not in columns]
+            if missing:
+                raise InputError(
+                    f"the DataFrame lacks column(s) {missing} that the model takes"
+                    f" (it takes {expected})"
+                )
+            by_name = {str(c): c for c in sample.columns}
+            parts = {n: column_array(sample[by_name[n]], n) for n in expected}
+    else:
+        parts = sample_parts(sample)
     if isinstance(parts, dict):
         missing = [n for n in expected if n not in parts]
         extra = [n for n in parts if n not in expected]
@@ -69,11 +188,19 @@ def as_feeds(signature: Signature, sample: Any, *, cast: bool = True) -> dict[st
         arrays = parts
     feeds: dict[str, np.ndarray] = {}
     for spec, array in zip(signature.inputs, arrays, strict=True):
+        if len(spec.shape) == 2 and spec.shape[1] == 1 and array.ndim == 1:
+            array = array.reshape(-1, 1)  # one column given as a flat list of values
         if spec.dtype == "str":
-            feeds[spec.name] = array.astype(object)
+            feeds[spec.name] = _strings(array)
             continue
         if cast and array.dtype.name != spec.dtype:
-            array = array.astype(spec.dtype)
+            try:
+                array = array.astype(spec.dtype)
+            except (TypeError, ValueError) as exc:
+                raise InputError(
+                    f"input '{spec.name}' takes {spec.dtype} values; the sample's"
+                    f" {array.dtype} values cannot be converted ({exc})"
+                ) from exc
         if spec.shape and len(spec.shape) != array.ndim:
             raise InputError(
                 f"input '{spec.name}' expects {len(spec.shape)} dimensions {list(spec.shape)};"
@@ -89,15 +216,25 @@ def as_feeds(signature: Signature, sample: Any, *, cast: bool = True) -> dict[st
     return feeds
 
 
-def check_finite(parts: list[np.ndarray] | dict[str, np.ndarray]) -> None:
-    """Refuse samples with NaN or infinity: a parity check on them would prove nothing."""
+def check_finite(
+    parts: list[np.ndarray] | dict[str, np.ndarray], *, allow_nan: Sequence[str] = ()
+) -> None:
+    """Refuse samples with NaN or infinity: a parity check on them would prove nothing.
+
+    ``allow_nan`` names inputs whose NaN the model is known to handle (its ``accepts_nan``):
+    NaN passes there, infinity never does.
+    """
     items = parts.items() if isinstance(parts, dict) else enumerate(parts)
     for key, array in items:
-        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-            raise InputError(
-                f"sample input {key!r} contains NaN or infinity; pass finite values"
-                " (the export is checked against the original on this sample)"
-            )
+        if array.dtype.kind != "f" or np.all(np.isfinite(array)):
+            continue
+        if key in allow_nan and not np.any(np.isinf(array)):
+            continue
+        what = "infinity" if key in allow_nan else "NaN or infinity"
+        raise InputError(
+            f"sample input {key!r} contains {what}; pass finite values"
+            " (the export is checked against the original on this sample)"
+        )
 
 
 def batch_size(feeds: Mapping[str, np.ndarray]) -> int:

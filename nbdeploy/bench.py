@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from nbdeploy import _format, _ort, _tensors
-from nbdeploy._errors import BenchmarkError, NbdeployError
+from nbdeploy._errors import BenchmarkError, ExportError, NbdeployError
 from nbdeploy._types import Signature
 from nbdeploy.artifact import ModelArtifact
 
@@ -478,12 +478,20 @@ def _onnx_file_plan(path: Path) -> _Plan:
         raise BenchmarkError(
             f"cannot benchmark {path}: expected an .onnx file or an artifact directory"
         )
+    label = path.stem if path.stem != "model" else path.parent.name
     try:
         signature = Signature.from_onnx(path)
+    except ExportError:
+        # Non-tensor outputs (a ZipMap): time the model nbdeploy would serve instead.
+        from nbdeploy.exporters import as_artifact
+
+        plan = _artifact_plan(as_artifact(path))
+        plan.label = label
+        return plan
     except Exception as exc:
         raise BenchmarkError(f"cannot read {path} as an ONNX model: {exc}") from exc
     return _Plan(
-        label=path.stem if path.stem != "model" else path.parent.name,
+        label=label,
         engine="onnxruntime",
         size_bytes=path.stat().st_size,
         signature=signature,

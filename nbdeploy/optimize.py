@@ -26,6 +26,8 @@ from nbdeploy.vocabulary import QUANTIZE_MODES
 # "int8" is an alias resolved per model (static QDQ for conv models); "fp32" asks for nothing.
 VALID_MODES = ("fp32", *QUANTIZE_MODES)
 
+# What a variant keeps from its fp32 model: how inputs are read and what outputs mean.
+INTERFACE_METADATA = ("preprocessing", "outputs", "accepts_nan", "columns", "feature_names")
 CALIBRATION_BATCH = 16
 CALIBRATION_MAX_ROWS = 256
 EVALUATION_BATCH = 256
@@ -238,8 +240,9 @@ def _make_variant(
         "evaluation_rows": _rows(evaluation.feeds),
         "onnxruntime_version": _ort_version(),
     }
-    if "preprocessing" in artifact.metadata:
-        metadata["preprocessing"] = artifact.metadata["preprocessing"]
+    metadata.update(
+        {key: artifact.metadata[key] for key in INTERFACE_METADATA if key in artifact.metadata}
+    )
     try:
         if mode == "fp16":
             metadata["quant_pre_process"] = "not used for fp16"

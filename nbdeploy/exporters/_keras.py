@@ -245,7 +245,7 @@ class _TensorFlowFamily:
     def eager_runner(self, model: Any, sample: Any) -> Callable[[], Any]:
         """A zero-argument callable running the Keras / TensorFlow model once on ``sample``."""
         tf = import_tensorflow()
-        parts = sample_parts(sample)
+        parts = sample_parts(sample, frame_as_matrix=True)
         if is_keras_model(model):
             if isinstance(parts, dict) and set(parts) != {t.name for t in model.inputs}:
                 parts = list(parts.values())
@@ -292,7 +292,7 @@ class KerasExporter(_TensorFlowFamily):
         import_tensorflow()
         import keras
 
-        parts = sample_parts(sample)
+        parts = sample_parts(sample, frame_as_matrix=True)
         check_finite(parts)
         inputs = _keras_inputs(parts)
         try:
@@ -370,7 +370,7 @@ class TensorFlowExporter(_TensorFlowFamily):
         tf = import_tensorflow()
         import tf2onnx
 
-        parts = sample_parts(sample)
+        parts = sample_parts(sample, frame_as_matrix=True)
         check_finite(parts)
         call, names, specs, arrays = _tf_call(model, parts)
         expected = ", ".join(

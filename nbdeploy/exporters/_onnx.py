@@ -13,8 +13,8 @@ import numpy as np
 
 from nbdeploy import _ort
 from nbdeploy._errors import ExportError, InputError, NbdeployError
-from nbdeploy._tensors import as_feeds, check_finite, sample_parts
-from nbdeploy._types import Signature
+from nbdeploy._tensors import as_feeds, check_finite, column_kind, is_frame, sample_parts
+from nbdeploy._types import Signature, onnx_type_text
 from nbdeploy.exporters.base import Exported
 from nbdeploy.vocabulary import safe_name
 
@@ -213,7 +213,14 @@ class OnnxExporter:
         )
 
     def export(self, model: Any, sample: Any, *, opset: int | None) -> Exported:
-        """The validated proto; ``opset`` is ignored, an ONNX model keeps its own."""
+        """The validated proto; ``opset`` is ignored, an ONNX model keeps its own.
+
+        ZipMap outputs (skl2onnx's default classifier output, a sequence of maps) are replaced
+        by the probability tensor they zip, with the class names kept as labels and what each
+        output means recorded (``metadata["outputs"]``; for other files ``_finish`` infers it).
+        ``feeds`` are the sample as the ONNX model takes it ({} without one): there is no
+        reference, so they serve only the NaN probe and the output inference.
+        """
         import onnx
 
         proto = tidy(load(model))
@@ -222,17 +229,37 @@ class OnnxExporter:
             onnx.checker.check_model(str(model) if is_path else proto)
         except Exception as exc:
             raise ExportError(f"the ONNX model is invalid: {exc}") from exc
-        if sample is not None:
-            _check_runs_on(proto, sample)
+        if zipmaps(proto.graph):
+            if not is_path:
+                proto = _copy(proto)  # never rewrite the caller's ModelProto
+            rewritten = unzip_maps(proto)
+            try:
+                onnx.checker.check_model(proto)
+            except Exception as exc:  # a bug here, not the user's model
+                raise ExportError(f"replacing the ZipMap outputs broke the model: {exc}") from exc
+        else:
+            rewritten = []
+        signature = Signature.from_onnx(proto)
+        outputs, classes = describe_outputs(proto.graph, signature, rewritten)
         producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
+        metadata: dict[str, Any] = {"exporter": "onnx", "producer": producer or None}
+        if rewritten:
+            metadata["rewritten"] = rewritten
+        if outputs:
+            metadata["outputs"] = outputs
+        columns = describe_columns(proto.graph, signature, sample)
+        if columns:
+            metadata["columns"] = columns
+        feeds = _check_runs_on(proto, signature, sample) if sample is not None else {}
         return Exported(
             proto=proto,
-            feeds={},
+            feeds=feeds,
             reference=None,
             framework=self.framework,
             framework_version=self.versions()["onnx"],
             default_name=safe_name(Path(model).stem) if is_path else _graph_name(proto),
-            metadata={"exporter": "onnx", "producer": producer or None},
+            metadata=metadata,
+            labels=classes,
         )
 
     def eager_runner(self, model: Any, sample: Any) -> Callable[[], Any]:
@@ -247,9 +274,11 @@ class OnnxExporter:
 EXPORTER = OnnxExporter()
 
 
-def _check_runs_on(proto: Any, sample: Any) -> None:
-    """A sample the model cannot run on is the caller's mistake: say what it expects."""
-    signature = Signature.from_onnx(proto)
+def _check_runs_on(proto: Any, signature: Signature, sample: Any) -> dict[str, np.ndarray]:
+    """A sample the model cannot run on is the caller's mistake: say what it expects.
+
+    Returns the sample as feeds (one per input, whatever their number and types).
+    """
     check_finite(sample_parts(sample))
     feeds = as_feeds(signature, sample)
     with saved(proto) as path:
@@ -260,6 +289,203 @@ def _check_runs_on(proto: Any, sample: Any) -> None:
                 f"the ONNX model does not run on the sample: {exc}"
                 f" (it expects {[(s.name, s.dtype, list(s.shape)) for s in signature.inputs]})"
             ) from exc
+    return feeds
+
+
+# --------------------------------------------------------------------- ZipMap outputs
+
+ML_DOMAIN = "ai.onnx.ml"
+CLASS_ATTRIBUTES = ("classlabels_strings", "classlabels_int64s", "classlabels_ints")
+"""Where ai.onnx.ml nodes (ZipMap, LinearClassifier, TreeEnsembleClassifier, SVMClassifier)
+keep their class labels, in column order."""
+
+
+def zipmaps(graph: Any) -> list[Any]:
+    """The ZipMap nodes whose output is an output of the graph."""
+    outputs = {o.name for o in graph.output}
+    return [
+        node
+        for node in graph.node
+        if node.op_type == "ZipMap" and node.domain == ML_DOMAIN and node.output[0] in outputs
+    ]
+
+
+def unzip_maps(proto: Any) -> list[dict[str, Any]]:
+    """Replace each ZipMap that makes a graph output by the ``[batch, classes]`` float tensor
+    it zips, in place, under the output's own name; the label output is left as it is.
+
+    Returns one record per rewritten output (name, classes, type before and after), for
+    ``metadata["rewritten"]``.
+    """
+    import onnx
+
+    graph = proto.graph
+    records = []
+    for node in zipmaps(graph):
+        name, source = node.output[0], node.input[0]
+        info = next(o for o in graph.output if o.name == name)
+        before = onnx_type_text(info.type)
+        classes = class_labels(node) or []
+        position = list(graph.node).index(node)
+        graph.node.remove(node)
+        io_names = {v.name for v in (*graph.input, *graph.output, *graph.initializer)}
+        made_here = any(source in other.output for other in graph.node)
+        if made_here and source not in io_names:
+            rename_io(proto, {source: name})  # the producer now writes the output itself
+            kept = [v for v in graph.value_info if v.name != name]
+            del graph.value_info[:]
+            graph.value_info.extend(kept)
+        else:  # the zipped tensor is an input or output itself: copy it out
+            graph.node.insert(
+                position, onnx.helper.make_node("Identity", [source], [name], name=f"{name}_id")
+            )
+            if not any(o.domain in ("", "ai.onnx") for o in proto.opset_import):
+                proto.opset_import.add(domain="", version=7)  # Identity's, for any IR version
+        batch = _batch_dim(graph)
+        info.type.CopyFrom(
+            onnx.helper.make_tensor_type_proto(
+                onnx.TensorProto.FLOAT, [batch, len(classes) or None]
+            )
+        )
+        shape = [batch if isinstance(batch, int) else -1, len(classes) or -1]
+        records.append(
+            {
+                "output": name,
+                "removed": "ZipMap",
+                "before": before,
+                "after": f"tensor(float) {shape}",
+                "classes": classes,
+            }
+        )
+    return records
+
+
+def class_labels(node: Any) -> list[str] | None:
+    """A node's class labels as strings, in column order, or None when it has none."""
+    for attr in node.attribute:
+        if attr.name == "classlabels_strings" and attr.strings:
+            return [s.decode("utf-8", errors="replace") for s in attr.strings]
+        if attr.name in CLASS_ATTRIBUTES and attr.ints:
+            return [str(i) for i in attr.ints]
+    return None
+
+
+def _batch_dim(graph: Any) -> str | int:
+    """The first dimension of the first input when it is fixed, else a symbolic batch."""
+    initializers = {init.name for init in graph.initializer}
+    for value in graph.input:
+        if value.name in initializers or not value.type.HasField("tensor_type"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return int(dims[0].dim_value)
+        break
+    return "N"
+
+
+def describe_outputs(
+    graph: Any, signature: Signature, rewritten: list[dict[str, Any]]
+) -> tuple[dict[str, dict[str, Any]] | None, list[str] | None]:
+    """``metadata["outputs"]`` and the class names, as far as the graph itself says them.
+
+    Rewritten ZipMaps are probabilities with their classes, and the one int/string label
+    output beside a single ZipMap is its label. Without a ZipMap, the outputs are left to
+    ``_finish`` (which judges them on a row) and only the classes are given, when the graph
+    has exactly one ai.onnx.ml classifier node (LinearClassifier, TreeEnsembleClassifier,
+    SVMClassifier) and a float ``[batch, C]`` output named like ``*probabilit*`` has one
+    column per class (skl2onnx with ``zipmap: False``).
+    """
+    if rewritten:
+        outputs: dict[str, dict[str, Any]] = {}
+        for record in rewritten:
+            outputs[record["output"]] = {"kind": "probabilities", "classes": record["classes"]}
+        label_like = [s for s in signature.outputs if s.name not in outputs and _is_label(s)]
+        if len(rewritten) == 1 and len(label_like) == 1:
+            outputs[label_like[0].name] = {"kind": "label", "classes": rewritten[0]["classes"]}
+        distinct = {tuple(r["classes"]) for r in rewritten}
+        classes = list(distinct.pop()) if len(distinct) == 1 else None
+        return outputs, classes or None
+
+    classifiers = [
+        node
+        for node in graph.node
+        if node.domain == ML_DOMAIN and node.op_type.endswith("Classifier")
+    ]
+    known = class_labels(classifiers[0]) if len(classifiers) == 1 else None
+    fits = known is not None and any(
+        "probabilit" in spec.name.lower()
+        and spec.dtype.startswith("float")
+        and len(spec.shape) == 2
+        and spec.shape[1] in (-1, len(known))
+        for spec in signature.outputs
+    )
+    return None, known if fits and known and len(known) > 1 else None
+
+
+def _is_label(spec: Any) -> bool:
+    """Integer or string values, one per row: ``[batch]`` or ``[batch, 1]``."""
+    kind_ok = spec.dtype == "str" or spec.dtype.startswith(("int", "uint"))
+    return kind_ok and (len(spec.shape) == 1 or (len(spec.shape) == 2 and spec.shape[1] == 1))
+
+
+def describe_columns(graph: Any, signature: Signature, sample: Any) -> list[dict[str, Any]] | None:
+    """``metadata["columns"]`` for a file with one ``[batch, 1]`` input per column, entries as
+    the scikit-learn exporter writes them: name, dtype (the DataFrame sample's, else the
+    input's), kind, onnx_dtype, and for string inputs the categories of the ai.onnx.ml
+    OneHotEncoder / LabelEncoder the input feeds, when the graph has one."""
+    inputs = signature.inputs
+    per_column = len(inputs) > 1 and all(
+        len(spec.shape) == 2 and spec.shape[1] == 1 for spec in inputs
+    )
+    if not per_column:
+        return None
+    frame_dtypes = sample.dtypes if is_frame(sample) else None
+    columns = []
+    for spec in inputs:
+        if frame_dtypes is not None and spec.name in frame_dtypes.index:
+            dtype = frame_dtypes[spec.name]
+            entry: dict[str, Any] = {"name": spec.name, "dtype": str(dtype)}
+            entry["kind"] = column_kind(dtype)
+        else:
+            kinds = {"str": "categorical", "bool": "boolean"}
+            entry = {"name": spec.name, "dtype": "object" if spec.dtype == "str" else spec.dtype}
+            entry["kind"] = kinds.get(spec.dtype, "numeric")
+        entry["onnx_dtype"] = spec.dtype
+        categories = _encoder_categories(graph, spec.name) if spec.dtype == "str" else None
+        if categories:
+            entry["categories"] = categories[:MAX_CATEGORIES]
+        columns.append(entry)
+    return columns
+
+
+MAX_CATEGORIES = 1000
+PASS_THROUGH = {"Identity", "Gather", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+"""Ops between a string input and its encoder that keep the values as they are."""
+
+
+def _encoder_categories(graph: Any, name: str) -> list[str] | None:
+    """The string categories of the encoder node ``name`` reaches through reshapes alone."""
+    for _ in range(8):
+        users = [node for node in graph.node if node.input and node.input[0] == name]
+        if len(users) != 1:
+            return None
+        (node,) = users
+        if node.domain == ML_DOMAIN and node.op_type in ("OneHotEncoder", "LabelEncoder"):
+            key = "cats_strings" if node.op_type == "OneHotEncoder" else "keys_strings"
+            found = next((a.strings for a in node.attribute if a.name == key), None)
+            return [v.decode("utf-8", errors="replace") for v in found] if found else None
+        if node.op_type not in PASS_THROUGH or node.domain not in ("", "ai.onnx"):
+            return None
+        name = node.output[0]
+    return None
+
+
+def _copy(proto: Any) -> Any:
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return copy
 
 
 def _graph_name(proto: Any) -> str:

@@ -33,7 +33,7 @@ def prepare_inputs(model: Any, sample: Any) -> tuple[list[str], list[Any]]:
     """
     import torch
 
-    parts = sample_parts(sample)
+    parts = sample_parts(sample, frame_as_matrix=True)
     check_finite(parts)
     params = _forward_params(model)
     if isinstance(parts, Mapping):

@@ -28,6 +28,23 @@ class Exported:
     default_name: str
     metadata: dict[str, Any] = field(default_factory=dict)
     labels: list[str] | None = None
+    nan_probe: NanProbe | None = None
+    """Rows with a missing value the original model answered (see ``accepts_nan``), checked
+    against the export too; None when the exporter did not probe the original."""
+
+
+@dataclass
+class NanProbe:
+    """Which inputs the ORIGINAL model accepts NaN in, and its answers on the probe rows.
+
+    Row ``i`` of ``feeds`` is a real sample row with NaN in input ``inputs[i]``; ``reference``
+    holds the original's outputs on those rows (keyed like ``Exported.reference``). The export
+    keeps an input in ``metadata["accepts_nan"]`` only when the ONNX model agrees on its row.
+    """
+
+    inputs: list[str]
+    feeds: dict[str, np.ndarray]
+    reference: dict[str, np.ndarray]
 
 
 class Exporter(Protocol):

@@ -43,7 +43,7 @@ def compare(
     """Compare every output of ``candidate`` with ``reference``.
 
     Float outputs pass when ``|candidate - reference| <= atol + rtol * |reference|`` everywhere
-    (``np.allclose``); the reported relative error is ``max|a - b| / max|reference|`` so it
+    (``np.allclose``, NaN on both sides counting as equal); the reported relative error is ``max|a - b| / max|reference|`` so it
     stays meaningful when the reference has zeros. Integer, bool and string outputs (labels)
     must match exactly. ``top1_agreement`` is the argmax agreement of 2-D float outputs with
     more than one column (the worst one when there are several).
@@ -154,10 +154,17 @@ def _diff(name: str, ref: np.ndarray, cand: np.ndarray, *, atol: float, rtol: fl
         cand64 = cand.astype(np.float64)
         if ref.size == 0:
             return OutputDiff(name, 0.0, 0.0, True, size=0)
-        abs_err = np.abs(cand64 - ref64)
-        max_abs = float(np.max(abs_err)) if np.all(np.isfinite(abs_err)) else float("inf")
-        scale = max(float(np.max(np.abs(ref64))), TINY) if np.all(np.isfinite(ref64)) else TINY
-        passed = bool(np.allclose(cand64, ref64, atol=atol, rtol=rtol, equal_nan=False))
+        # NaN where both sides have NaN is agreement (a model answering a missing value
+        # with NaN, say); NaN on one side only is an infinite error.
+        both_nan = np.isnan(cand64) & np.isnan(ref64)
+        abs_err = np.abs(cand64 - ref64)[~both_nan]
+        if abs_err.size == 0:
+            max_abs = 0.0
+        else:
+            max_abs = float(np.max(abs_err)) if np.all(np.isfinite(abs_err)) else float("inf")
+        finite_ref = ref64[np.isfinite(ref64)]
+        scale = max(float(np.max(np.abs(finite_ref))), TINY) if finite_ref.size else TINY
+        passed = bool(np.allclose(cand64, ref64, atol=atol, rtol=rtol, equal_nan=True))
         return OutputDiff(name, max_abs, max_abs / scale, passed, size=int(ref.size))
     equal = _as_comparable(ref) == _as_comparable(cand)
     mismatches = int(equal.size - np.count_nonzero(equal))
