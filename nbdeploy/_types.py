@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from nbdeploy._errors import ExportError
+
 InputKind = Literal["image", "text", "tabular", "tensor"]
 
 ONNX_TO_NUMPY: dict[str, str] = {
@@ -138,7 +140,11 @@ class Signature:
 
     @classmethod
     def from_onnx(cls, model: Any) -> Signature:
-        """Read the signature of an ``onnx.ModelProto`` or a path to a ``.onnx`` file."""
+        """Read the signature of an ``onnx.ModelProto`` or a path to a ``.onnx`` file.
+
+        Raises ExportError naming every input or output that is not a tensor (a sequence, a
+        map, ...), its type and the fix: nbdeploy serves tensors only.
+        """
         import onnx
 
         proto = (
@@ -146,7 +152,11 @@ class Signature:
             if isinstance(model, str | Path)
             else model
         )
-        initializers = {init.name for init in proto.graph.initializer}
+        graph = proto.graph
+        initializers = {init.name for init in graph.initializer}
+        inputs = [v for v in graph.input if v.name not in initializers]
+        _require_tensors(graph, inputs, "input")
+        _require_tensors(graph, graph.output, "output")
 
         def spec(value_info: Any) -> TensorSpec:
             tensor_type = value_info.type.tensor_type
@@ -159,10 +169,81 @@ class Signature:
 
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         return cls(
-            inputs=tuple(spec(v) for v in proto.graph.input if v.name not in initializers),
-            outputs=tuple(spec(v) for v in proto.graph.output),
+            inputs=tuple(spec(v) for v in inputs),
+            outputs=tuple(spec(v) for v in graph.output),
             opset=opset,
         )
+
+
+def onnx_type_text(type_proto: Any) -> str:
+    """An ONNX ``TypeProto`` as text, the way onnxruntime prints it: ``tensor(float)``,
+    ``seq(map(int64,tensor(float)))``, ``map(string,tensor(double))``, ``optional(...)``."""
+    import onnx
+
+    def elem_name(elem_type: int) -> str:
+        try:
+            return onnx.TensorProto.DataType.Name(elem_type).lower()
+        except ValueError:
+            return f"type {elem_type}"
+
+    kind = type_proto.WhichOneof("value")
+    if kind == "tensor_type":
+        return f"tensor({elem_name(type_proto.tensor_type.elem_type)})"
+    if kind == "sparse_tensor_type":
+        return f"sparse_tensor({elem_name(type_proto.sparse_tensor_type.elem_type)})"
+    if kind == "sequence_type":
+        return f"seq({onnx_type_text(type_proto.sequence_type.elem_type)})"
+    if kind == "optional_type":
+        return f"optional({onnx_type_text(type_proto.optional_type.elem_type)})"
+    if kind == "map_type":
+        key = elem_name(type_proto.map_type.key_type)
+        return f"map({key},{onnx_type_text(type_proto.map_type.value_type)})"
+    if kind == "opaque_type":
+        opaque = type_proto.opaque_type
+        return f"opaque({'.'.join(p for p in (opaque.domain, opaque.name) if p)})"
+    return "an unknown type"
+
+
+def _require_tensors(graph: Any, values: Any, role: str) -> None:
+    """One ExportError naming every non-tensor (or untyped tensor) input or output."""
+    import onnx
+
+    bad = []
+    for value in values:
+        if value.type.WhichOneof("value") != "tensor_type":
+            bad.append((value.name, onnx_type_text(value.type)))
+        elif value.type.tensor_type.elem_type == onnx.TensorProto.UNDEFINED:
+            bad.append((value.name, "a tensor with no element type"))
+    if not bad:
+        return
+    if len(bad) == 1:
+        ((name, text),) = bad
+        problem = f"{role} '{name}' of the ONNX model is {text}, not a tensor"
+    else:
+        listed = ", ".join(f"'{name}' ({text})" for name, text in bad)
+        problem = f"{role}s {listed} of the ONNX model are not tensors"
+    if role == "input":
+        fix = (
+            "re-export the model with tensor inputs (e.g. one [batch, features] float tensor,"
+            " or one [batch, 1] tensor per column)"
+        )
+    elif any(_made_by(graph, name) == "ZipMap" for name, _ in bad):
+        fix = (
+            "pass the file or ModelProto to nbdeploy.export / nbdeploy.deploy, which replace"
+            " a ZipMap output by its [batch, classes] probability tensor, or re-export it with"
+            " tensor outputs (skl2onnx: options={'zipmap': False})"
+        )
+    else:
+        fix = (
+            "re-export the model with tensor outputs (a sequence or map cannot be served;"
+            " for a skl2onnx classifier: options={'zipmap': False})"
+        )
+    raise ExportError(f"{problem}: nbdeploy serves tensors only; {fix}")
+
+
+def _made_by(graph: Any, value_name: str) -> str | None:
+    """The op type of the node that produces ``value_name`` in ``graph``, if any."""
+    return next((node.op_type for node in graph.node if value_name in node.output), None)
 
 
 @dataclass(frozen=True)
