@@ -30,7 +30,6 @@ from .metrics import Metrics
 from .model import ModelVersion, Repository, RepositoryError, load_repository
 from .protocol import (
     HEADER_LENGTH,
-    classify,
     decode_request,
     encode_response,
     parse_header_length,
@@ -195,14 +194,16 @@ def create_app(state: ServerState) -> Starlette:
         body = await _read_body(request, state.settings.max_body_bytes)
         header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
         decoded = await _maybe_offload(len(body), decode_request, body, header_length)
-        feeds = model.check_inputs(decoded.inputs, decoded.datatypes)
+        feeds = await _maybe_offload(
+            len(body), model.check_inputs, decoded.inputs, decoded.datatypes
+        )
         wanted = model.check_outputs(decoded.outputs, decoded.binary_output)
         batcher = state.batchers[(model.name, model.version)]
         results = await batcher.infer(feeds, [out.name for out in wanted])
         tensors = [
             (
                 out,
-                classify(results[out.name], out.classification, model.labels)
+                model.classify(out.name, results[out.name], out.classification)
                 if out.classification
                 else results[out.name],
             )

@@ -2,7 +2,14 @@
 onnxruntime sessions, warmed up, and checked against incoming tensors.
 
 The signature comes from the ONNX session itself, so the server never trusts a stale
-``nbdeploy.json``; that file only contributes extras such as class labels.
+``nbdeploy.json``; that file only contributes extras: class labels, what each output means
+(``metadata.outputs``: label, probabilities, logits or value, with its classes) and which float
+inputs accept missing values (``metadata.accepts_nan``).
+
+Missing values: NaN and ±infinity in a float input are refused with a 400 naming the input,
+unless the input is listed in ``accepts_nan`` (the exporter probed that the model answers NaN
+there); listed inputs take NaN but still refuse ±infinity, which is no missing value. A model
+without that list accepts NaN in none of its inputs.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import (
 )
 
 from .errors import ClientError, bad_request, not_found
-from .protocol import DATATYPES, ONNX_DATATYPES, RequestedOutput
+from .protocol import DATATYPES, ONNX_DATATYPES, RequestedOutput, check_scores, classify
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "nbdeploy.json"
@@ -34,6 +41,11 @@ PLATFORM = "onnxruntime_onnx"
 log = logging.getLogger("nbdeploy.serve")
 
 _RUN_ERRORS = (Fail, InvalidArgument, NotImplemented, RuntimeException)
+
+FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
+# What an output means (``metadata.outputs[name]["kind"]`` in nbdeploy.json).
+OUTPUT_KINDS = ("label", "probabilities", "logits", "value")
+SCORE_KINDS = frozenset({"probabilities", "logits"})
 
 
 class RepositoryError(Exception):
@@ -75,6 +87,12 @@ class ModelVersion:
         self.batchable = False
         self._input_names = [info.name for info in inputs]
         self._output_names = {info.name for info in outputs}
+        self.output_meanings: dict[str, dict[str, Any]] = extras.get("outputs") or {}
+        self.accepts_nan: list[str] = extras.get("accepts_nan") or []
+        floats = [info.name for info in inputs if info.datatype in FLOAT_DATATYPES]
+        # Precomputed so that a model without float inputs pays nothing per request.
+        self._finite_inputs = tuple(n for n in floats if n not in self.accepts_nan)
+        self._nan_inputs = tuple(n for n in floats if n in self.accepts_nan)
 
     @classmethod
     def load(cls, name: str, version: int, directory: Path, threads: int) -> ModelVersion:
@@ -112,7 +130,20 @@ class ModelVersion:
                 )
         if not outputs:
             raise RepositoryError(f"{path}: the model has no tensor outputs to serve")
-        return cls(name, version, directory, session, inputs, outputs, _read_extras(directory))
+        extras = _read_extras(directory)
+        served = {info.name for info in outputs}
+        meanings = extras.get("outputs")
+        if meanings is not None:
+            unknown = sorted(set(meanings) - served)
+            if unknown:
+                log.warning(
+                    "%s v%d: nbdeploy.json describes outputs %s that the model does not serve",
+                    name,
+                    version,
+                    unknown,
+                )
+            extras["outputs"] = {key: value for key, value in meanings.items() if key in served}
+        return cls(name, version, directory, session, inputs, outputs, extras)
 
     @property
     def labels(self) -> list[str] | None:
@@ -163,7 +194,29 @@ class ModelVersion:
                     f" {list(info.shape)} (-1 = any size), the request gives {list(array.shape)}"
                 )
             feeds[info.name] = array
+        for name in self._finite_inputs:
+            if not np.isfinite(feeds[name]).all():
+                raise self._not_finite(name, feeds[name])
+        for name in self._nan_inputs:
+            if np.isinf(feeds[name]).any():
+                raise self._infinite(name, feeds[name])
         return feeds
+
+    def _not_finite(self, name: str, array: np.ndarray) -> ClientError:
+        where = _first_index(~np.isfinite(array))
+        elsewhere = f"only in {self.accepts_nan}" if self.accepts_nan else "in none of its inputs"
+        return bad_request(
+            f"input '{name}' contains NaN or infinity (first at index {where}); model"
+            f" '{self.name}' does not accept missing values in it (send finite numbers in"
+            f" '{name}'; null and NaN count as missing, which this model accepts {elsewhere})"
+        )
+
+    def _infinite(self, name: str, array: np.ndarray) -> ClientError:
+        return bad_request(
+            f"input '{name}' contains infinity (first at index {_first_index(np.isinf(array))});"
+            f" model '{self.name}' accepts NaN or null as a missing value in it, but not"
+            " infinity"
+        )
 
     def check_outputs(
         self, requested: list[RequestedOutput] | None, binary_default: bool
@@ -178,6 +231,42 @@ class ModelVersion:
                 f" {[info.name for info in self.outputs]}"
             )
         return requested
+
+    def classify(self, name: str, array: np.ndarray, count: int) -> np.ndarray:
+        """The classification extension on output ``name``, if it holds per-class scores.
+
+        An output recorded as a ``label`` or a ``value`` holds no scores to rank (ranking label
+        values as if they were classes answers nonsense), and a 1-D output is ranked only when
+        recorded as probabilities or logits. Labels come from the output's own ``classes``,
+        else from the model's ``labels``.
+        """
+        meaning = self.output_meanings.get(name, {})
+        kind = meaning.get("kind")
+        if kind in ("label", "value"):
+            what = "class labels" if kind == "label" else "predicted values"
+            raise bad_request(
+                f"output '{name}' of model '{self.name}' holds {what} (kind '{kind}'), not"
+                f" per-class scores, so classification cannot rank it; {self._rank_instead(name)}"
+            )
+        check_scores(array)
+        if array.ndim == 1 and kind not in SCORE_KINDS:
+            raise bad_request(
+                f"output '{name}' of model '{self.name}' is 1-D ({list(array.shape)}) and not"
+                " recorded as per-class probabilities or logits, so classification cannot rank"
+                f" it; {self._rank_instead(name)}"
+            )
+        classes = meaning.get("classes") or self.labels
+        return classify(array, count, classes)
+
+    def _rank_instead(self, name: str) -> str:
+        scores = [
+            info.name
+            for info in self.outputs
+            if self.output_meanings.get(info.name, {}).get("kind") in SCORE_KINDS
+        ]
+        if scores:
+            return f"ask it of {scores[0]!r} instead, or request '{name}' without classification"
+        return f"request '{name}' without classification"
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
         """One onnxruntime run; a failure caused by the input data is the client's (400)."""
@@ -342,8 +431,13 @@ def _shape_fits(expected: tuple[int, ...], given: tuple[int, ...]) -> bool:
     )
 
 
+def _first_index(mask: np.ndarray) -> list[int]:
+    return [int(i) for i in np.argwhere(mask)[0]] if mask.ndim else []
+
+
 def _read_extras(directory: Path) -> dict[str, Any]:
-    """Labels, input kind and variant from ``nbdeploy.json``; a broken file is only a warning."""
+    """Labels, input kind, variant, output meanings and the inputs that accept NaN from
+    ``nbdeploy.json``; a broken file or entry is only a warning."""
     path = directory / METADATA_FILE
     if not path.is_file():
         return {}
@@ -361,7 +455,36 @@ def _read_extras(directory: Path) -> dict[str, Any]:
     for key in ("input_kind", "variant", "framework"):
         if isinstance(data.get(key), str):
             extras[key] = data[key]
+    metadata = data.get("metadata")
+    if not isinstance(metadata, dict):
+        return extras
+    outputs = metadata.get("outputs")
+    if isinstance(outputs, dict):
+        extras["outputs"] = _output_meanings(outputs, path)
+    accepts_nan = metadata.get("accepts_nan")
+    if isinstance(accepts_nan, list):
+        extras["accepts_nan"] = [name for name in accepts_nan if isinstance(name, str)]
+    elif accepts_nan is not None:
+        log.warning("%s: metadata.accepts_nan is not a list of input names; ignored", path)
     return extras
+
+
+def _output_meanings(outputs: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    """``{output: {"kind": ..., "classes": [...]}}`` with the kinds this server knows."""
+    meanings: dict[str, dict[str, Any]] = {}
+    for name, spec in outputs.items():
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        if kind not in OUTPUT_KINDS:
+            log.warning(
+                "%s: metadata.outputs[%r] has no kind among %s; ignored", path, name, OUTPUT_KINDS
+            )
+            continue
+        meaning: dict[str, Any] = {"kind": kind}
+        classes = spec.get("classes")
+        if isinstance(classes, list):
+            meaning["classes"] = [str(label) for label in classes]
+        meanings[str(name)] = meaning
+    return meanings
 
 
 def _describe(infos: list[TensorInfo]) -> str:

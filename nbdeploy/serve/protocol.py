@@ -4,6 +4,14 @@ Decoding checks only what the request says about itself (well-formed JSON, known
 sizes that add up); whether the tensors fit a model is the model's business (``model.py``).
 Binary inputs become ``np.frombuffer`` views of the request body, and a response body is built
 with a single ``bytes.join``, so tensor bytes are copied as little as the protocol allows.
+
+Missing values: in the JSON ``data`` of a float input, ``null`` and the non-standard ``NaN``
+token (which Python's ``json`` reads and writes by default) both become NaN, and ``Infinity`` /
+``-Infinity`` become ±inf; whether the model takes them is decided per input by
+``ModelVersion.check_inputs``. String (BYTES) inputs are handed on as numpy object arrays of
+``str``, never ``bytes``: onnxruntime would turn ``b"x"`` into the text ``"b'x'"``. JSON responses
+are strict JSON: a non-finite float in JSON output ``data`` is written as ``null``; binary outputs
+carry the raw IEEE values.
 """
 
 from __future__ import annotations
@@ -182,20 +190,47 @@ def encode_response(
     if request_id is not None:
         header["id"] = request_id
     header["outputs"] = outputs
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes = strict_json(header)
     if not parts:
         return header_bytes, {}, "application/json"
     headers = {"Inference-Header-Content-Length": str(len(header_bytes))}
     return b"".join([header_bytes, *parts]), headers, "application/octet-stream"
 
 
-def classify(array: np.ndarray, count: int, labels: list[str] | None) -> np.ndarray:
-    """Triton's classification extension: the top ``count`` classes as ``"score:index[:label]"``."""
+def strict_json(value: Any) -> bytes:
+    """Compact JSON that never holds a bare ``NaN``/``Infinity``: such floats become ``null``.
+
+    ``allow_nan=False`` makes the common case (every float finite) cost nothing extra; only a
+    document that really holds a non-finite float is rebuilt with ``null`` in its place.
+    """
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        return json.dumps(_finite(value), separators=(",", ":"), allow_nan=False).encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    return value
+
+
+def check_scores(array: np.ndarray) -> None:
+    """Refuse what the classification extension cannot rank: it needs numbers in 1-D or 2-D."""
     if array.ndim not in (1, 2) or array.dtype.kind not in "iuf":
         raise bad_request(
             "classification needs a numeric output of shape [classes] or [batch, classes];"
             f" this one is {datatype_of(array)} {list(array.shape)}"
         )
+
+
+def classify(array: np.ndarray, count: int, labels: list[str] | None) -> np.ndarray:
+    """Triton's classification extension: the top ``count`` classes as ``"score:index[:label]"``."""
+    check_scores(array)
     rows = array.reshape(1, -1) if array.ndim == 1 else array
     count = min(count, rows.shape[1])
     top = np.argsort(-rows, axis=1, kind="stable")[:, :count]
@@ -351,6 +386,7 @@ def _from_json(head: _InputHead) -> np.ndarray:
                 f"input '{head.name}' has shape {list(head.shape)} ({count} elements) but its"
                 f' "data" holds {len(elements)}'
             )
+        _check_unicode(head.name, elements)
         return _object_array(elements, head.shape)
     try:
         array = np.asarray(data)
@@ -360,6 +396,14 @@ def _from_json(head: _InputHead) -> np.ndarray:
             f" ({exc})"
         ) from None
     target = DATATYPES[head.datatype]
+    if array.dtype.kind == "O" and target.kind == "f" and _numbers_or_null(data):
+        # null is a missing value: NaN, refused later unless the model accepts it in this input.
+        try:
+            array = np.array(data, dtype=np.float64)
+        except OverflowError:
+            raise bad_request(
+                f"input '{head.name}' holds values outside the {head.datatype} range"
+            ) from None
     if target.kind in "iu" and array.dtype.kind in "fO" and _all_integers(data):
         # numpy turns a mix of int64 and uint64-only values into float64 (or object for
         # values beyond 64 bits): convert exactly, letting numpy refuse what cannot fit.
@@ -370,6 +414,11 @@ def _from_json(head: _InputHead) -> np.ndarray:
                 f"input '{head.name}' holds values outside the {head.datatype} range"
             ) from None
     if array.size and array.dtype.kind not in _JSON_KINDS[target.kind]:
+        if target.kind != "f" and array.dtype.kind == "O" and _holds_null(data):
+            raise bad_request(
+                f"input '{head.name}' is {head.datatype} but its \"data\" holds null; only float"
+                " inputs (FP16, FP32, FP64) take null, as a missing value"
+            )
         found = _KIND_NAMES.get(array.dtype.kind, "other values")
         raise bad_request(f"input '{head.name}' is {head.datatype} but its \"data\" holds {found}")
     if array.size != count:
@@ -388,6 +437,18 @@ def _from_json(head: _InputHead) -> np.ndarray:
     return array.astype(target, copy=False).reshape(head.shape)
 
 
+def _numbers_or_null(data: Any) -> bool:
+    if isinstance(data, list):
+        return all(_numbers_or_null(item) for item in data)
+    return data is None or (isinstance(data, (int, float)) and not isinstance(data, bool))
+
+
+def _holds_null(data: Any) -> bool:
+    if isinstance(data, list):
+        return any(_holds_null(item) for item in data)
+    return data is None
+
+
 def _all_integers(data: Any) -> bool:
     if isinstance(data, list):
         return all(_all_integers(item) for item in data)
@@ -397,12 +458,31 @@ def _all_integers(data: Any) -> bool:
 def _flatten_strings(name: str, data: Any) -> list[str]:
     if isinstance(data, str):
         return [data]
+    if data is None:
+        raise bad_request(
+            f'input \'{name}\' is BYTES: its "data" holds null; send "" for a missing string'
+        )
     if not isinstance(data, list):
         raise bad_request(f"input '{name}' is BYTES: its \"data\" must hold strings")
     flat: list[str] = []
     for item in data:
         flat.extend(_flatten_strings(name, item))
     return flat
+
+
+def _check_unicode(name: str, elements: list[str]) -> None:
+    """JSON escapes can make a lone surrogate (``"\\ud800"``), which has no UTF-8 form: onnxruntime
+    would fail on it with a UnicodeEncodeError, so refuse it here, naming the input."""
+    joined = "".join(elements)
+    if joined.isascii():
+        return
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request(
+            f"a BYTES element of input '{name}' is not valid Unicode: it holds a lone surrogate"
+            " escape such as \\ud800"
+        ) from None
 
 
 def _object_array(elements: list[str], shape: tuple[int, ...]) -> np.ndarray:

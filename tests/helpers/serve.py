@@ -25,7 +25,6 @@ def _save(
     graph: Any, directory: Path, extras: dict[str, Any] | None = None, ml_opset: bool = False
 ) -> Path:
     """Write ``model.onnx`` (opset 17) and an ``nbdeploy.json`` like the repository writes."""
-    import onnx
     from onnx import helper
 
     opsets = [helper.make_opsetid("", 17)]
@@ -33,6 +32,14 @@ def _save(
         opsets.append(helper.make_opsetid("ai.onnx.ml", 3))
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
+    return save_onnx(model, directory, extras)
+
+
+def save_onnx(model: Any, directory: Path, extras: dict[str, Any] | None = None) -> Path:
+    """Write an ONNX ModelProto as ``model.onnx`` and an ``nbdeploy.json`` like the repository
+    writes (``extras`` at the top level: ``labels``, ``metadata`` with outputs/accepts_nan...)."""
+    import onnx
+
     onnx.checker.check_model(model)
     directory.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(directory / "model.onnx"))
@@ -247,6 +254,170 @@ def save_zipmap(directory: Path) -> Path:
         ],
     )
     return _save(graph, directory, ml_opset=True)
+
+
+# --- tabular models: one ONNX input per DataFrame column, as nbdeploy exports them -----------
+
+CITIES = ["Paris", "Köln", "Zürich", "Oslo"]
+CHURN_CLASSES = ["leave", "stay"]
+TABULAR_OPSET = {"": 17, "ai.onnx.ml": 3}
+
+
+def churn_frame(rows: int, seed: int) -> Any:
+    """A DataFrame with a string, a float, an int and a bool column."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "city": rng.choice(CITIES, rows),
+            "age": rng.uniform(18, 80, rows).astype(np.float32),
+            "visits": rng.integers(0, 30, rows).astype(np.int64),
+            "member": rng.random(rows) > 0.5,
+        }
+    )
+
+
+def save_churn(directory: Path) -> Path:
+    """A scikit-learn Pipeline (ColumnTransformer: OneHotEncoder on city, StandardScaler on
+    age and visits, member passed through; LogisticRegression) converted by skl2onnx per column:
+    city BYTES, age FP32, visits INT64, member BOOL (all [-1, 1]) -> label (strings, [-1]) and
+    probabilities [-1, 2]. It accepts NaN in no input."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import (
+        BooleanTensorType,
+        FloatTensorType,
+        Int64TensorType,
+        StringTensorType,
+    )
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame = churn_frame(300, seed=0)
+    score = frame.age / 10 + frame.visits / 3 + (frame.city == "Oslo") * 3 - frame.member * 2
+    target = np.where(score > 8, "leave", "stay")
+    pipeline = Pipeline(
+        [
+            (
+                "prep",
+                ColumnTransformer(
+                    [
+                        ("cat", OneHotEncoder(handle_unknown="ignore"), ["city"]),
+                        ("num", StandardScaler(), ["age", "visits"]),
+                        ("flag", "passthrough", ["member"]),
+                    ]
+                ),
+            ),
+            ("clf", LogisticRegression()),
+        ]
+    ).fit(frame, target)
+    assert list(pipeline.classes_) == CHURN_CLASSES
+    types = [
+        ("city", StringTensorType([None, 1])),
+        ("age", FloatTensorType([None, 1])),
+        ("visits", Int64TensorType([None, 1])),
+        ("member", BooleanTensorType([None, 1])),
+    ]
+    model = convert_sklearn(
+        pipeline,
+        initial_types=types,
+        options={id(pipeline): {"zipmap": False}},
+        target_opset=TABULAR_OPSET,
+    )
+    extras = {
+        "input_kind": "tabular",
+        "metadata": {
+            "outputs": {
+                "label": {"kind": "label", "classes": CHURN_CLASSES},
+                "probabilities": {"kind": "probabilities", "classes": CHURN_CLASSES},
+            },
+            "accepts_nan": [],
+        },
+    }
+    return save_onnx(model, directory, extras)
+
+
+HGB_LABELS = ["no", "yes"]
+
+
+def hgb_frame(rows: int, seed: int) -> Any:
+    """Two float columns, ``a`` with a NaN in every 7th row."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "a": rng.standard_normal(rows).astype(np.float32),
+            "b": rng.standard_normal(rows).astype(np.float32),
+        }
+    )
+    frame.loc[::7, "a"] = np.nan
+    return frame
+
+
+def save_hgb(directory: Path) -> Path:
+    """A HistGradientBoostingClassifier (native NaN support) over float columns a and b (FP32
+    [-1, 1] each, joined by a passthrough ColumnTransformer). Its nbdeploy.json lists only ``a``
+    in accepts_nan, gives the model ``labels`` and records no ``classes`` for its outputs."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+
+    frame = hgb_frame(300, seed=1)
+    target = (frame.b + frame.a.fillna(1.0) > 0.5).astype(np.int64)
+    pipeline = Pipeline(
+        [
+            ("cols", ColumnTransformer([("pass", "passthrough", ["a", "b"])])),
+            ("hgb", HistGradientBoostingClassifier(max_iter=20, random_state=0)),
+        ]
+    ).fit(frame, target)
+    model = convert_sklearn(
+        pipeline,
+        initial_types=[("a", FloatTensorType([None, 1])), ("b", FloatTensorType([None, 1]))],
+        options={id(pipeline): {"zipmap": False}},
+        target_opset=TABULAR_OPSET,
+    )
+    extras = {
+        "labels": HGB_LABELS,
+        "metadata": {
+            "outputs": {"label": {"kind": "label"}, "probabilities": {"kind": "probabilities"}},
+            "accepts_nan": ["a"],
+        },
+    }
+    return save_onnx(model, directory, extras)
+
+
+def save_nan_out(directory: Path) -> Path:
+    """x FP32 [-1, 1], accepting NaN -> same = x, ratio = x / x (NaN for 0), flat = x as [-1]
+    (a 1-D output with no recorded meaning)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["x"], ["same"]),
+            helper.make_node("Div", ["x", "x"], ["ratio"]),
+            helper.make_node("Reshape", ["x", "flat_shape"], ["flat"]),
+        ],
+        "nan_out",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [
+            helper.make_tensor_value_info("same", TensorProto.FLOAT, ["batch", 1]),
+            helper.make_tensor_value_info("ratio", TensorProto.FLOAT, ["batch", 1]),
+            helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["batch"]),
+        ],
+        [numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat_shape")],
+    )
+    extras = {
+        "metadata": {
+            "outputs": {"same": {"kind": "value"}, "ratio": {"kind": "value"}},
+            "accepts_nan": ["x"],
+        }
+    }
+    return _save(graph, directory, extras)
 
 
 def build_repository(root: Path) -> Path:
