@@ -50,6 +50,8 @@ STYLE = """<style>
 .nbd-error{color:#a40000;background:#fdecea;border:1px solid #f5c2c0;border-radius:4px;
 padding:8px 10px;font-family:system-ui,sans-serif;max-width:560px}
 .nbd-hint{color:#555;font-family:system-ui,sans-serif}
+.nbd-range{color:#777;font-size:85%}
+.nbd-scores{color:#555;font-size:90%;margin:0 0 6px}
 </style>"""
 
 
@@ -196,6 +198,68 @@ def tabular_array(values: list[Any], spec: dict[str, Any]) -> np.ndarray:
     return np.asarray([row], dtype=np.dtype(spec.get("dtype", "float32")))
 
 
+def tabular_columns(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The form's fields: the recorded columns, else one numeric field per matrix feature."""
+    if spec.get("columns"):
+        return list(spec["columns"])
+    count = int(spec["features"])
+    names = spec.get("feature_names") or [f"x{i}" for i in range(count)]
+    dtype = spec.get("dtype", "float32")
+    return [{"name": str(name), "dtype": dtype, "kind": "numeric"} for name in names]
+
+
+def column_value(value: Any, column: dict[str, Any], accepts_nan: bool = False) -> Any:
+    """One form value as the column's type; blank numbers are missing (NaN) where the model
+    accepts that, and a readable error where it does not."""
+    name, kind = column["name"], column.get("kind", "numeric")
+    if kind == "categorical":
+        return "" if value is None else str(value)
+    if kind == "boolean":
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    text = "" if value is None else str(value).strip()
+    integer = np.dtype(column.get("dtype", "float32")).kind in "iu"
+    if not text or text.lower() == "nan":
+        if accepts_nan and not integer:
+            return float("nan")
+        raise DemoError(
+            f"column {name!r} needs a number (this model does not accept missing values)"
+        )
+    try:
+        number = float(text)
+    except ValueError:
+        raise DemoError(f"column {name!r} must be a number; got {value!r}") from None
+    if not math.isfinite(number):
+        raise DemoError(f"column {name!r} must be a finite number; got {value!r}")
+    if integer:
+        if number != int(number):
+            raise DemoError(f"column {name!r} takes whole numbers; got {value!r}")
+        return int(number)
+    return number
+
+
+def tabular_inputs(
+    values: list[Any], spec: dict[str, Any], accepts_nan: Any = ()
+) -> dict[str, np.ndarray]:
+    """One row of the form as the request's inputs: ``{input: [1, n]}`` for a one-matrix model,
+    ``{column: [1, 1]}`` per column for a DataFrame model (strings as BYTES)."""
+    if spec.get("layout") != "columns":
+        return {spec["input"]: tabular_array(values, spec)}
+    columns = tabular_columns(spec)
+    if len(values) != len(columns):
+        raise DemoError(f"the model expects {len(columns)} columns; the form has {len(values)}")
+    missing_ok = set(accepts_nan or ())
+    inputs = {}
+    for column, value in zip(columns, values, strict=True):
+        name = column.get("input", column["name"])
+        cell = column_value(value, column, name in missing_ok)
+        dtype = object if column["dtype"] == "str" else np.dtype(column["dtype"])
+        rank = len(column.get("shape") or [-1, 1])
+        inputs[name] = np.array([cell], dtype=dtype).reshape((1,) * rank)
+    return inputs
+
+
 def text_array(text: str, spec: dict[str, Any]) -> np.ndarray:
     """Text as the model's input: a string tensor, or token ids padded to the fixed length."""
     text = (text or "").strip()
@@ -315,7 +379,8 @@ def infer(
 
 
 def class_probabilities(scores: np.ndarray) -> np.ndarray | None:
-    """Probabilities of the first row: kept when they already are, else softmax/sigmoid."""
+    """Probabilities of the first row when nothing records what the output is (older
+    deployments): kept when they look like probabilities, else softmax/sigmoid."""
     values = np.asarray(scores, dtype=np.float64)
     if values.ndim == 0 or values.size == 0:
         return None
@@ -325,14 +390,112 @@ def class_probabilities(scores: np.ndarray) -> np.ndarray | None:
     if row.size == 1:
         p = float(row[0]) if 0.0 <= row[0] <= 1.0 else 1.0 / (1.0 + math.exp(-float(row[0])))
         return np.array([1.0 - p, p])
-    if np.all(row >= 0) and np.all(row <= 1) and abs(row.sum() - 1.0) < 1e-3:
-        return row
+    if np.all(row >= 0) and np.all(row <= 1) and abs(row.sum() - 1.0) < 0.02:
+        return row  # int8 outputs step by 1/255: their sum can be off by a few thousandths
     shifted = np.exp(row - row.max())
     return shifted / shifted.sum()
 
 
-def ranked_labels(outputs: dict[str, np.ndarray], demo: dict[str, Any]) -> list[tuple[str, float]]:
+def _first_row(values: np.ndarray) -> np.ndarray:
+    array = np.asarray(values)
+    return array.reshape(array.shape[0], -1)[0] if array.ndim > 1 else array.reshape(-1)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.6g}"
+    return str(value)
+
+
+def class_names(labels: Any, recorded: Any, count: int) -> list[str]:
+    """Names of ``count`` classes in column order: the labels given at deploy, else the classes
+    the export recorded, else 0, 1, ..."""
+    for names in (labels, recorded):
+        if names and len(names) == count:
+            return [str(n) for n in names]
+    return [str(i) for i in range(count)]
+
+
+def named_label(label: str, recorded: Any, names: list[str]) -> str:
+    """A label output's value under the deploy's class names: with classes ``["0", "1"]``
+    recorded and labels ``["malignant", "benign"]`` given, ``"1"`` reads ``"benign"``."""
+    recorded = [str(c) for c in recorded or []]
+    if label in names or label not in recorded or len(recorded) != len(names):
+        return label
+    return names[recorded.index(label)]
+
+
+def _recorded(demo: dict[str, Any], outputs: dict[str, np.ndarray], kind: str) -> str | None:
+    """The first output the export recorded as ``kind`` that the endpoint returned."""
+    record = demo.get("outputs") or {}
+    return next(
+        (n for n, info in record.items() if info.get("kind") == kind and n in outputs), None
+    )
+
+
+def read_prediction(outputs: dict[str, np.ndarray], demo: dict[str, Any]) -> dict[str, Any]:
+    """What the first row's answer means, from what the export recorded about each output.
+
+    Returns ``label`` (the predicted class or value, as text), ``ranked`` (every class with its
+    probability, highest first), ``scores`` (``"probabilities"`` when shown as the endpoint
+    returned them, ``"softmax of the logits"`` / ``"sigmoid of the logit"`` when the model
+    returns scores) and ``probability`` (that of the label). Probabilities are never
+    renormalised; without a record (older deployments) it falls back to looking at the values.
+    """
+    if not demo.get("outputs"):
+        ranked = ranked_labels(outputs, demo, top_k=None)
+        return {
+            "label": ranked[0][0] if ranked else None,
+            "ranked": ranked,
+            "scores": "probabilities" if ranked else None,
+            "probability": ranked[0][1] if ranked else None,
+        }
+    record = demo["outputs"]
+    result: dict[str, Any] = {"label": None, "ranked": [], "scores": None, "probability": None}
+    name = _recorded(demo, outputs, "probabilities") or _recorded(demo, outputs, "logits")
+    if name is not None:
+        row = _first_row(outputs[name]).astype(np.float64)
+        if record[name]["kind"] == "probabilities":
+            probabilities = np.array([1.0 - row[0], row[0]]) if row.size == 1 else row
+            result["scores"] = "probabilities"
+        elif row.size == 1:
+            p = 1.0 / (1.0 + math.exp(-float(row[0])))
+            probabilities, result["scores"] = np.array([1.0 - p, p]), "sigmoid of the logit"
+        else:
+            shifted = np.exp(row - row.max())
+            probabilities, result["scores"] = shifted / shifted.sum(), "softmax of the logits"
+        classes = class_names(demo.get("labels"), record[name].get("classes"), probabilities.size)
+        order = np.argsort(-probabilities, kind="stable")
+        result["ranked"] = [(classes[i], float(probabilities[i])) for i in order]
+    label_name = _recorded(demo, outputs, "label")
+    if label_name is not None:
+        label = _text(_first_row(outputs[label_name])[0])
+        if name is not None:
+            label = named_label(label, record[label_name].get("classes"), classes)
+        result["label"] = label
+    elif result["ranked"]:
+        result["label"] = result["ranked"][0][0]
+    else:
+        value_name = _recorded(demo, outputs, "value")
+        if value_name is not None:
+            values = _first_row(outputs[value_name])
+            result["label"] = ", ".join(_text(v) for v in values[:8]) + (
+                ", …" if values.size > 8 else ""
+            )
+    if result["label"] is not None:
+        result["probability"] = dict(result["ranked"]).get(result["label"])
+    return result
+
+
+def ranked_labels(
+    outputs: dict[str, np.ndarray], demo: dict[str, Any], top_k: Any = "demo"
+) -> list[tuple[str, float]]:
     """The top-k (label, probability) pairs of the demo's class output; empty if it has none."""
+    top = int(demo.get("top_k", 5)) if top_k == "demo" else top_k
+    if demo.get("outputs"):
+        return read_prediction(outputs, demo)["ranked"][:top]
     name = demo.get("output") or next(iter(outputs), None)
     if name not in outputs or outputs[name].dtype.kind not in "fiub":
         return []
@@ -342,34 +505,61 @@ def ranked_labels(outputs: dict[str, np.ndarray], demo: dict[str, Any]) -> list[
     labels = demo.get("labels") or []
     if len(labels) != probabilities.size:
         labels = [str(i) for i in range(probabilities.size)]
-    order = np.argsort(-probabilities, kind="stable")[: int(demo.get("top_k", 5))]
+    order = np.argsort(-probabilities, kind="stable")[:top]
     return [(str(labels[i]), float(probabilities[i])) for i in order]
 
 
+def percent(p: float) -> str:
+    """How the page prints a probability (tests compare the endpoint's answer with this)."""
+    return f"{100 * p:.1f}%"
+
+
 def result_html(
-    ranked: list[tuple[str, float]], latency_ms: float, outputs: dict[str, np.ndarray]
+    ranked: list[tuple[str, float]],
+    latency_ms: float,
+    outputs: dict[str, np.ndarray],
+    *,
+    label: str | None = None,
+    probability: float | None = None,
+    scores: str | None = None,
 ) -> str:
-    """The prediction as a bar chart of the top-k labels, with the request latency."""
+    """The prediction, a bar chart of the top-k labels, and the request latency.
+
+    ``label`` is the predicted class when the endpoint returns one (else the top bar's);
+    ``scores`` says what the bars are (the endpoint's probabilities, or a softmax of logits).
+    """
     latency = (
         f'<div class="nbd-latency">latency <span class="nbd-latency-ms">{latency_ms:.1f}</span>'
         " ms (HTTP round trip)</div>"
     )
-    if not ranked:
+    if label is None and ranked:
+        label, probability = ranked[0]
+    if label is None:
         shown = {name: np.asarray(v).tolist() for name, v in outputs.items()}
-        text = html.escape(json.dumps(shown, default=str)[:2000])
+        text = html.escape(json.dumps(shown, default=_text)[:2000])
         return f'{STYLE}<div class="nbd-result"><pre class="nbd-raw">{text}</pre>{latency}</div>'
-    top_label, top_p = ranked[0]
+    share = (
+        f' (<span class="nbd-top1-p" title="{probability!r}">{percent(probability)}</span>)'
+        if probability is not None
+        else ""
+    )
     rows = "".join(
         f'<div class="nbd-row{" nbd-first" if i == 0 else ""}">'
-        f'<span class="nbd-label" title="{html.escape(label)}">{html.escape(label)}</span>'
+        f'<span class="nbd-label" title="{html.escape(name)}">{html.escape(name)}</span>'
         f'<div class="nbd-track"><div class="nbd-bar" style="width:{100 * p:.1f}%"></div></div>'
-        f'<span class="nbd-pct">{100 * p:.1f}%</span></div>'
-        for i, (label, p) in enumerate(ranked)
+        f'<span class="nbd-pct" title="{p!r}">{percent(p)}</span></div>'
+        for i, (name, p) in enumerate(ranked)
+    )
+    note = (
+        f'<div class="nbd-scores">{html.escape(scores)}'
+        f"{' as the endpoint returned them' if scores == 'probabilities' else ''}</div>"
+        if scores and ranked
+        else ""
     )
     return (
         f'{STYLE}<div class="nbd-result"><div class="nbd-prediction">Prediction: '
-        f'<b class="nbd-top1">{html.escape(top_label)}</b> ({100 * top_p:.1f}%)</div>'
-        f'<div class="nbd-bars">{rows}</div>{latency}</div>'
+        f'<b class="nbd-top1">{html.escape(label)}</b>{share}</div>'
+        f'{note}<div class="nbd-bars">{rows}</div>{latency}</div>'
     )
 
 
@@ -398,6 +588,24 @@ def _rediscover(model: str) -> tuple[str, str | None] | None:
     return endpoint.url, endpoint.token
 
 
+def _field_value(column: dict[str, Any], box: Any, value: Any) -> Any:
+    """What a form field shows for one value of an example row."""
+    kind = column.get("kind", "numeric")
+    if kind == "boolean":
+        return bool(value)
+    if kind == "categorical":
+        text = "" if value is None else str(value)
+        options = [option[1] for option in getattr(box, "options", ())]
+        if options and text not in options:
+            return box.value
+        return text
+    if value is None:
+        return ""
+    if np.dtype(column.get("dtype", "float32")).kind in "iu":
+        return str(int(value))
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
 class DemoApp:
     """The page: an input area chosen by the model's input kind, a Predict button, the result."""
 
@@ -408,6 +616,8 @@ class DemoApp:
         self.w = w
         self.upload: Any = None
         self.pad: Any = None
+        self.fields: list[Any] = []
+        self.examples_picker: Any = None
         self.output = w.HTML().add_class("nbd-output")
         self.predict_button = w.Button(
             description="Predict", button_style="primary", icon="play"
@@ -431,7 +641,15 @@ class DemoApp:
         try:
             inputs = self.read_input()
             outputs, latency_ms = self._call(inputs)
-            self.output.value = result_html(ranked_labels(outputs, self.demo), latency_ms, outputs)
+            answer = read_prediction(outputs, self.demo)
+            self.output.value = result_html(
+                answer["ranked"][: int(self.demo.get("top_k", 5))],
+                latency_ms,
+                outputs,
+                label=answer["label"],
+                probability=answer["probability"],
+                scores=answer["scores"],
+            )
         except DemoError as exc:
             self.output.value = error_html(str(exc))
         except Exception as exc:
@@ -587,42 +805,78 @@ class DemoApp:
         return w.VBox([canvas, clear_button])
 
     def _tabular_input(self) -> tuple[Any, Any]:
+        """A field per column: a dropdown of the categories seen for strings, a checkbox for
+        booleans, a number (with the range seen in the sample) otherwise; filled from a row."""
         w, spec = self.w, self.demo["preprocessing"]
-        count = int(spec["features"])
-        names = spec.get("feature_names") or [f"x{i}" for i in range(count)]
+        columns = tabular_columns(spec)
+        accepts_nan = set(self.demo.get("accepts_nan") or ())
         examples = spec.get("examples") or []
-        defaults = examples[0] if examples else [0.0] * count
-        integer = np.dtype(spec.get("dtype", "float32")).kind in "iu"
-        field = w.IntText if integer else w.FloatText
-        fields = [
-            field(
-                value=int(value) if integer else float(value),
-                description=str(name),
-                style={"description_width": "initial"},
-                layout=w.Layout(width="auto"),
-            ).add_class("nbd-feature")
-            for name, value in zip(names, defaults, strict=False)
-        ]
+        fields = [self._column_field(column, accepts_nan) for column in columns]
+
+        def fill(row: list[Any]) -> None:
+            for column, box, value in zip(columns, fields, row, strict=False):
+                box.value = _field_value(column, box, value)
+
+        fill(examples[0] if examples else [None] * len(columns))
         grid = w.GridBox(
             fields,
-            layout=w.Layout(grid_template_columns="repeat(auto-fill, minmax(230px, 1fr))"),
+            layout=w.Layout(grid_template_columns="repeat(auto-fill, minmax(280px, 1fr))"),
         )
-        parts = [self._hint(f"{count} features; change any value and press Predict."), grid]
+        what = "columns" if spec.get("layout") == "columns" else "features"
+        hint = f"{len(columns)} {what}"
+        hint += (
+            ", filled from an example row of the sample ('Fill with' picks another)"
+            if len(examples) > 1
+            else ""
+        )
+        hint += (
+            "; the grey numbers are the range seen in the sample"
+            if any("min" in c for c in columns)
+            else ""
+        )
+        hint += ". Change any value and press Predict."
+        if any(c.get("input", c["name"]) in accepts_nan for c in columns):
+            hint += " Leave a number blank for a missing value."
+        parts = [self._hint(hint), grid]
         if len(examples) > 1:
             picker = w.Dropdown(
                 options=[(f"example {i + 1}", i) for i in range(len(examples))],
                 description="Fill with",
             ).add_class("nbd-examples")
-
-            def fill(change: dict[str, Any]) -> None:
-                for box, value in zip(fields, examples[change["new"]], strict=False):
-                    box.value = int(value) if integer else float(value)
-
-            picker.observe(fill, "value")
+            picker.observe(lambda change: fill(examples[change["new"]]), "value")
             parts.insert(1, picker)
-        return w.VBox(parts), lambda: {
-            spec["input"]: tabular_array([f.value for f in fields], spec)
-        }
+            self.examples_picker = picker
+        self.fields = fields
+
+        def read() -> dict[str, np.ndarray]:
+            return tabular_inputs([box.value for box in fields], spec, accepts_nan)
+
+        return w.VBox(parts), read
+
+    def _column_field(self, column: dict[str, Any], accepts_nan: set[str]) -> Any:
+        w, name = self.w, str(column["name"])
+        common = {"style": {"description_width": "initial"}, "layout": w.Layout(width="auto")}
+        kind = column.get("kind", "numeric")
+        if kind == "categorical" and column.get("categories") and not column.get("open"):
+            options = [(c if c != "" else "(missing)", c) for c in column["categories"]]
+            box = w.Dropdown(options=options, description=name, **common)
+        elif kind == "boolean":
+            box = w.Checkbox(value=False, description=name, indent=False)
+        elif kind == "categorical":
+            box = w.Text(description=name, placeholder="text", **common)
+        else:
+            label = html.escape(name)
+            if "min" in column and "max" in column:
+                seen = f"{_text(column['min'])} – {_text(column['max'])}"
+                label += f' <span class="nbd-range">({seen})</span>'
+            missing = column.get("input", name) in accepts_nan
+            box = w.Text(
+                description=label,
+                description_allow_html=True,
+                placeholder="blank = missing" if missing else "a number",
+                **common,
+            )
+        return box.add_class("nbd-feature")
 
     def _text_input(self) -> tuple[Any, Any]:
         w, spec = self.w, self.demo["preprocessing"]

@@ -11,6 +11,7 @@ can find it again and ``stop_demo`` it without ever signalling a recycled pid.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import pprint
@@ -76,7 +77,13 @@ def _log_path(name: str) -> Path:
 
 
 def _class_output(artifact: ModelArtifact) -> str | None:
-    """The output the top-k chart reads: the one whose width matches the labels, else 2-D."""
+    """The output the top-k chart reads: the one recorded as probabilities (else logits); for
+    older artifacts, the one whose width matches the labels, else a 2-D float output."""
+    recorded = artifact.metadata.get("outputs") or {}
+    for kind in ("probabilities", "logits"):
+        name = next((n for n, info in recorded.items() if info.get("kind") == kind), None)
+        if name is not None:
+            return name
     outputs = artifact.signature.outputs
     if artifact.labels:
         count = len(artifact.labels)
@@ -90,27 +97,70 @@ def _class_output(artifact: ModelArtifact) -> str | None:
     return outputs[0].name if outputs else None
 
 
+def _with_column_names(preprocessing: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """The form's fields completed from what the export recorded: a one-matrix model's
+    ``feature_names`` (else x0, x1, ...); for a DataFrame model, each column's name and the
+    categories its encoder knows (beside those seen in the sample)."""
+    if preprocessing.get("kind") != "tabular":
+        return preprocessing
+    spec = copy.deepcopy(preprocessing)
+    columns = spec.get("columns") or []
+    if spec.get("layout") == "columns":
+        recorded = [c for c in metadata.get("columns") or [] if isinstance(c, dict)]
+        by_name = {str(c.get("name")): c for c in recorded}
+        if len(recorded) == len(columns) and not all(c["input"] in by_name for c in columns):
+            by_name = {c["input"]: r for c, r in zip(columns, recorded, strict=True)}
+        for column in columns:
+            known = by_name.get(column["input"])
+            if known is None:
+                continue
+            column["name"] = str(known.get("name") or column["name"])
+            if column.get("kind") == "categorical" and known.get("categories"):
+                seen = set(column.get("categories") or [])
+                column["categories"] = sorted(seen | {str(c) for c in known["categories"]})
+        spec["feature_names"] = [c["name"] for c in columns]
+        return spec
+    recorded = [str(c.get("name")) for c in metadata.get("columns") or [] if isinstance(c, dict)]
+    names = [str(n) for n in metadata.get("feature_names") or recorded]
+    count = len(columns) or int(spec.get("features") or 0)
+    if names and not spec.get("feature_names") and len(names) == count:
+        spec["feature_names"] = names
+        for column, name in zip(columns, names, strict=True):
+            column["name"] = name
+    return spec
+
+
 def demo_spec(artifact: ModelArtifact, *, top_k: int = DEFAULT_TOP_K) -> dict[str, Any]:
     """Everything the page needs to know about the model, as plain JSON-able data.
 
     Uses the preprocessing recorded at deploy time; without it, infers one from the signature
     and the recorded input kind (no sample: images are assumed to be scaled to [0, 1]).
+    ``outputs`` is what the export recorded each output to be (label, probabilities, logits,
+    value): the page shows probabilities as the endpoint returns them and applies softmax only
+    to logits. ``accepts_nan`` names the inputs a blank number may be sent to as missing.
     """
     from nbdeploy.preprocess import describe_inputs
 
     preprocessing = artifact.metadata.get("preprocessing") or describe_inputs(
         artifact.signature, None, kind=artifact.input_kind
     )
+    outputs = artifact.metadata.get("outputs") or None
+    labels = artifact.labels
+    class_output = _class_output(artifact)
+    if not labels and outputs and class_output in outputs:
+        labels = outputs[class_output].get("classes") or None
     return {
         "model": artifact.name,
         "version": artifact.version,
         "variant": artifact.variant,
         "framework": artifact.framework,
         "kind": preprocessing["kind"],
-        "preprocessing": preprocessing,
+        "preprocessing": _with_column_names(preprocessing, artifact.metadata),
         "inputs": [spec.to_dict() for spec in artifact.signature.inputs],
-        "output": _class_output(artifact),
-        "labels": artifact.labels,
+        "output": class_output,
+        "outputs": outputs,
+        "accepts_nan": list(artifact.metadata.get("accepts_nan") or []),
+        "labels": labels,
         "top_k": int(top_k),
     }
 
@@ -118,7 +168,7 @@ def demo_spec(artifact: ModelArtifact, *, top_k: int = DEFAULT_TOP_K) -> dict[st
 def _intro(spec: dict[str, Any]) -> str:
     what = {
         "image": "Upload a picture (or draw one) and press **Predict**.",
-        "tabular": "Fill in the features and press **Predict**.",
+        "tabular": "Fill in the form (or pick an example row) and press **Predict**.",
         "text": "Type some text and press **Predict**.",
     }.get(spec["kind"], "Edit the request's inputs (JSON) and press **Predict**.")
     facts = [f"version {spec['version']}", spec["variant"], spec["framework"]]

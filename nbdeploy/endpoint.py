@@ -90,7 +90,10 @@ class Endpoint:
     def predict(
         self, x: Any, *, outputs: list[str] | None = None, binary: bool = True
     ) -> np.ndarray | dict[str, np.ndarray]:
-        """Run the model on ``x`` (array, list, tuple of arrays or dict of named inputs).
+        """Run the model on ``x``: an array, a list, a tuple of arrays, a dict of named inputs,
+        or a pandas DataFrame (for a model with one input per column, the columns it names are
+        sent, as strings for string inputs; extra columns are ignored, missing ones are an
+        InputError naming them).
 
         Returns one array for a single-output model, else a dict of arrays by output name.
         """
@@ -103,6 +106,26 @@ class Endpoint:
                 raise
             return successor.predict(x, outputs=outputs, binary=binary)
         return next(iter(result.values())) if len(result) == 1 else result
+
+    def predict_frame(self, x: Any) -> Any:
+        """The answers for ``x`` (a DataFrame, or anything :meth:`predict` takes) as a pandas
+        DataFrame with one row per input row, indexed like ``x`` when it is a DataFrame.
+
+        Columns: for a classifier, ``label`` (the predicted class, under the ``labels`` given at
+        deploy when there are any) and one ``p(<class>)`` column per class holding the
+        probabilities exactly as the endpoint returned them (for a model that returns logits,
+        their softmax); for a regressor, ``prediction`` (or ``prediction_0``, ``prediction_1``,
+        ... for several targets). What each output is comes from what the export recorded
+        (``metadata["outputs"]``).
+        """
+        result = self.predict(x)
+        if not isinstance(result, dict):
+            result = {self.signature.outputs[0].name: result}
+        artifact = self._artifact_or_none()
+        record = (artifact.metadata.get("outputs") if artifact else None) or {}
+        labels = artifact.labels if artifact else None
+        index = x.index if hasattr(x, "index") and hasattr(x, "columns") else None
+        return prediction_frame(result, record, index=index, labels=labels)
 
     def _successor(self) -> Endpoint | None:
         """The deployment that replaced this one, if a redeploy happened meanwhile."""
@@ -156,6 +179,76 @@ class Endpoint:
             f"<b>{self.name}</b> v{self.version} &middot; {self.runtime} &middot; "
             f"<code>{self.record.infer_url}</code> &middot; {self.status}"
         )
+
+
+def prediction_frame(
+    outputs: dict[str, np.ndarray],
+    record: dict[str, dict[str, Any]] | None = None,
+    *,
+    index: Any = None,
+    labels: list[str] | None = None,
+) -> Any:
+    """Outputs of a batch as a DataFrame: ``label`` and ``p(<class>)`` columns for a classifier,
+    ``prediction`` for a regressor (see :meth:`Endpoint.predict_frame`).
+
+    ``record`` is ``metadata["outputs"]``; outputs it does not name (older exports) are
+    classified by the export's own rule. Probabilities are copied as returned, never
+    renormalised.
+    """
+    import pandas as pd
+
+    from nbdeploy.exporters import output_kind
+
+    kinds = {
+        name: (record or {}).get(name, {}).get("kind") or output_kind(values)
+        for name, values in outputs.items()
+    }
+
+    def first(kind: str) -> str | None:
+        return next((name for name, k in kinds.items() if k == kind), None)
+
+    columns: dict[str, Any] = {}
+    scores = first("probabilities") or first("logits")
+    classes: list[Any] = []
+    probabilities = None
+    if scores is not None:
+        values = np.asarray(outputs[scores])
+        values = values.reshape(len(values), -1)
+        if kinds[scores] == "logits":
+            shifted = np.exp(values - values.max(axis=1, keepdims=True))
+            values = shifted / shifted.sum(axis=1, keepdims=True)
+        probabilities = values
+        recorded = (record or {}).get(scores, {}).get("classes")
+        classes = next(
+            (list(c) for c in (labels, recorded) if c and len(c) == values.shape[1]),
+            list(range(values.shape[1])),
+        )
+    label = first("label")
+    if label is not None:
+        values = np.asarray(outputs[label]).reshape(-1)
+        found = [v.decode() if isinstance(v, bytes) else v for v in values.tolist()]
+        recorded = [str(c) for c in (record or {}).get(label, {}).get("classes") or []]
+        if labels and classes == list(labels) and len(recorded) == len(classes):
+            found = [classes[recorded.index(str(v))] if str(v) in recorded else v for v in found]
+        columns["label"] = found
+    elif probabilities is not None:
+        columns["label"] = [classes[i] for i in probabilities.argmax(axis=1)]
+    if probabilities is not None:
+        for i, name in enumerate(classes):
+            columns[f"p({name})"] = probabilities[:, i]
+    if not columns:
+        value = first("value") or next(iter(outputs))
+        values = np.asarray(outputs[value])
+        values = values.reshape(len(values), -1) if values.ndim else values.reshape(1, 1)
+        if values.shape[1] == 1:
+            columns["prediction"] = values[:, 0]
+        else:
+            for i in range(values.shape[1]):
+                columns[f"prediction_{i}"] = values[:, i]
+    rows = len(next(iter(columns.values())))
+    if index is not None and len(index) != rows:
+        index = None
+    return pd.DataFrame(columns, index=index)
 
 
 def benchmark_latency(report: dict[str, Any] | None, variant: str | None) -> dict[str, Any] | None:

@@ -2,7 +2,9 @@
 
 ``infer_preprocessing`` looks at the signature and the sample a model was deployed with and
 writes down what the demo page must do: for images the layout, size, channels, value range and
-background; for tables the feature count, names and a few example rows; for text the encoding.
+background; for tables the columns (name, type, the categories and the range seen in the
+sample) and the sample's first rows; for text the encoding. Every kind also keeps the sample's
+first complete row as ``request_example`` (when small), for the copy-paste snippets.
 Deploy records it in the artifact's metadata under ``"preprocessing"``. The functions that
 *apply* it live in :mod:`nbdeploy._demo_template`, which is copied into every demo notebook, and
 are re-exported here so Python callers (and tests) use exactly the code the page runs.
@@ -21,6 +23,7 @@ from nbdeploy._demo_template import (
     json_inputs,
     open_image,
     tabular_array,
+    tabular_inputs,
     text_array,
 )
 from nbdeploy._errors import InputError, NbdeployError
@@ -35,14 +38,31 @@ __all__ = [
     "json_inputs",
     "open_image",
     "tabular_array",
+    "tabular_inputs",
     "text_array",
 ]
 
 SPEC_VERSION = 1
 CHANNEL_COUNTS = (1, 3, 4)
 PIXEL_RANGES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 16.0), (0.0, 255.0))
-MAX_EXAMPLES = 5
+MAX_EXAMPLES = 10
 MAX_JSON_EXAMPLE = 4096
+MAX_CATEGORIES = 200
+COLUMN_DTYPES = (
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+    "str",
+)
 
 
 def infer_preprocessing(
@@ -61,6 +81,23 @@ def infer_preprocessing(
     """
     arrays = _sample_arrays(signature, sample)
     kind = kind or signature.input_kind
+    if kind in ("tabular", "tensor") and _is_columnar(signature):
+        spec = _columns_spec(signature, arrays, _feature_names(sample, None, signature))
+    else:
+        spec = _single_input_spec(signature, arrays, sample, kind, feature_names)
+    example = _request_example(signature, arrays)
+    if example is not None:
+        spec["request_example"] = example
+    return spec
+
+
+def _single_input_spec(
+    signature: Signature,
+    arrays: Mapping[str, np.ndarray],
+    sample: Any,
+    kind: str,
+    feature_names: Sequence[str] | None,
+) -> dict[str, Any]:
     if kind != "tensor" and len(signature.inputs) != 1:
         raise InputError(
             f"a {kind} demo needs a model with one input; this one has {signature.input_names}"
@@ -75,7 +112,8 @@ def infer_preprocessing(
     if kind == "image":
         spec.update(_image_spec(tensor, array))
     elif kind == "tabular":
-        spec.update(_tabular_spec(tensor, array, _feature_names(sample, feature_names)))
+        names = _feature_names(sample, feature_names, signature)
+        spec.update(_tabular_spec(tensor, array, names))
     elif kind == "text":
         spec.update(_text_spec(tensor, array))
     else:
@@ -115,11 +153,25 @@ def _sample_arrays(signature: Signature, sample: Any) -> dict[str, np.ndarray]:
     return dict(zip(signature.input_names, parts, strict=False))
 
 
-def _feature_names(sample: Any, given: Sequence[str] | None) -> list[str] | None:
+def _feature_names(
+    sample: Any, given: Sequence[str] | None, signature: Signature
+) -> list[str] | None:
+    """Names given, else a one-matrix sample's DataFrame columns (not per-column inputs)."""
     if given is not None:
         return [str(name) for name in given]
     columns = getattr(sample, "columns", None)
-    return [str(c) for c in columns] if columns is not None else None
+    if columns is None or _is_columnar(signature):
+        return None
+    return [str(c) for c in columns]
+
+
+def _is_columnar(signature: Signature) -> bool:
+    """One ``[n, 1]`` (or ``[n]``) input per column of a table, two or more of them: what a
+    DataFrame sample exports to. A single such input stays a one-feature form (or text)."""
+    return len(signature.inputs) > 1 and all(
+        spec.dtype in COLUMN_DTYPES and len(spec.shape) in (1, 2) and spec.shape[1:] in ((), (1,))
+        for spec in signature.inputs
+    )
 
 
 def _dims(tensor: TensorSpec, array: np.ndarray | None) -> list[int]:
@@ -204,6 +256,7 @@ def _background(images: np.ndarray, value_range: Sequence[float]) -> str | None:
 def _tabular_spec(
     tensor: TensorSpec, array: np.ndarray | None, names: list[str] | None
 ) -> dict[str, Any]:
+    """A one-matrix ``[n, features]`` input: one numeric field per feature."""
     count = _dims(tensor, array)[1]
     if count <= 0:
         raise InputError(
@@ -213,11 +266,115 @@ def _tabular_spec(
     if names is not None and len(names) != count:
         raise InputError(f"{len(names)} feature names given for {count} features")
     examples = None
-    if array is not None and array.ndim == 2 and array.shape[1] == count:
-        rows = np.asarray(array, dtype=np.float64)
-        rows = rows[np.all(np.isfinite(rows), axis=1)][:MAX_EXAMPLES]
-        examples = [[float(f"{v:.6g}") for v in row] for row in rows] or None
-    return {"features": count, "feature_names": names, "examples": examples}
+    usable = array is not None and array.ndim == 2 and array.shape[1] == count
+    if usable:
+        rows = np.asarray(array)
+        finite = np.all(np.isfinite(rows.astype(np.float64)), axis=1)
+        examples = [[_exact(v) for v in row] for row in rows[finite][:MAX_EXAMPLES]] or None
+    columns = []
+    for index, name in enumerate(names or [f"x{i}" for i in range(count)]):
+        column: dict[str, Any] = {"name": name, "dtype": tensor.dtype, "kind": "numeric"}
+        if usable:
+            column.update(_value_range(array[:, index]))
+        columns.append(column)
+    return {
+        "layout": "matrix",
+        "features": count,
+        "feature_names": names,
+        "columns": columns,
+        "examples": examples,
+    }
+
+
+def _columns_spec(
+    signature: Signature, arrays: Mapping[str, np.ndarray], names: list[str] | None
+) -> dict[str, Any]:
+    """One input per column (a DataFrame model): a field per column, typed after the input.
+
+    String columns offer the categories seen in the sample; numeric ones show the range seen;
+    ``examples`` are the sample's first rows (missing numbers as None), column by column.
+    """
+    columns, values = [], []
+    for spec in signature.inputs:
+        array = arrays.get(spec.name)
+        column: dict[str, Any] = {
+            "name": spec.name,
+            "input": spec.name,
+            "dtype": spec.dtype,
+            "shape": list(spec.shape),
+        }
+        flat = None if array is None else np.asarray(array).reshape(len(array), -1)[:, 0]
+        if flat is not None and spec.dtype.startswith("float") and flat.dtype.kind in "fiub":
+            flat = flat.astype(spec.dtype)  # the values the model sees, in their shortest form
+        if spec.dtype == "str":
+            column["kind"] = "categorical"
+            if flat is not None:
+                seen = sorted({_as_text(v) for v in flat})
+                column["categories"] = seen[:MAX_CATEGORIES]
+                column["open"] = len(seen) > MAX_CATEGORIES
+        elif spec.dtype == "bool":
+            column["kind"] = "boolean"
+        else:
+            column["kind"] = "numeric"
+            if flat is not None:
+                column.update(_value_range(flat))
+        columns.append(column)
+        values.append(flat)
+    rows = min((len(v) for v in values if v is not None), default=0)
+    examples = None
+    if all(v is not None for v in values) and rows:
+        examples = [
+            [_cell(column, v[i]) for column, v in zip(columns, values, strict=True)]
+            for i in range(min(rows, MAX_EXAMPLES))
+        ]
+    return {
+        "spec_version": SPEC_VERSION,
+        "kind": "tabular",
+        "layout": "columns",
+        "features": len(columns),
+        "feature_names": [c["name"] for c in columns] if names is None else names,
+        "columns": columns,
+        "examples": examples,
+    }
+
+
+def _value_range(values: np.ndarray) -> dict[str, Any]:
+    """``min`` and ``max`` of the finite values seen (nothing when there are none)."""
+    numbers = np.asarray(values, dtype=np.float64)
+    numbers = numbers[np.isfinite(numbers)]
+    if not numbers.size:
+        return {}
+    return {
+        "min": _exact(values.dtype.type(numbers.min())),
+        "max": _exact(values.dtype.type(numbers.max())),
+    }
+
+
+def _exact(value: Any) -> Any:
+    """A JSON number that turns back into exactly ``value`` in the input's dtype: float32
+    values by their shortest float32 repr (17.99, not 17.989999771118164); NaN/inf as None."""
+    if isinstance(value, np.bool_ | bool):
+        return bool(value)
+    if isinstance(value, np.integer | int):
+        return int(value)
+    if isinstance(value, np.floating | float):
+        if not np.isfinite(value):
+            return None
+        return float(str(value)) if isinstance(value, np.floating) else float(value)
+    return value
+
+
+def _nested(array: np.ndarray) -> Any:
+    """An array as nested lists of :func:`_exact` numbers (numpy scalars keep their dtype)."""
+    if array.ndim == 0:
+        return _exact(array[()])
+    return [_nested(item) for item in array]
+
+
+def _cell(column: dict[str, Any], value: Any) -> Any:
+    if column["kind"] == "categorical":
+        return _as_text(value)
+    return _exact(value)
 
 
 def _text_spec(tensor: TensorSpec, array: np.ndarray | None) -> dict[str, Any]:
@@ -240,10 +397,45 @@ def _json_examples(signature: Signature, arrays: Mapping[str, np.ndarray]) -> di
         if row.dtype.kind in "OUS":
             examples[tensor.name] = np.vectorize(_as_text, otypes=[object])(row).tolist()
         elif row.dtype.kind == "f" and np.all(np.isfinite(row)):
-            examples[tensor.name] = np.vectorize(lambda v: float(f"{v:.6g}"))(row).tolist()
+            examples[tensor.name] = _nested(row)
         elif row.dtype.kind in "iub":
             examples[tensor.name] = row.tolist()
     return examples
+
+
+def _request_example(
+    signature: Signature, arrays: Mapping[str, np.ndarray]
+) -> dict[str, Any] | None:
+    """The sample's first row with every value finite, as ``{input: nested list}`` with a batch
+    of one, when every input is in the sample, the row fits the signature and is small."""
+    if not signature.inputs or any(spec.name not in arrays for spec in signature.inputs):
+        return None
+    parts = [np.asarray(arrays[spec.name]) for spec in signature.inputs]
+    if any(part.ndim == 0 or len(part) == 0 for part in parts):
+        return None
+    rows = min(len(part) for part in parts)
+    if sum(part[:1].size for part in parts) > MAX_JSON_EXAMPLE:
+        return None
+    for index in range(rows):
+        row = [part[index : index + 1] for part in parts]
+        if all(r.dtype.kind not in "fc" or np.all(np.isfinite(r)) for r in row):
+            break
+    else:
+        return None
+    example: dict[str, Any] = {}
+    for spec, part in zip(signature.inputs, row, strict=True):
+        fits = len(spec.shape) == part.ndim and all(
+            want in (-1, got) for want, got in zip(spec.shape[1:], part.shape[1:], strict=True)
+        )
+        if not fits:
+            return None
+        if part.dtype.kind in "OUS":
+            example[spec.name] = np.vectorize(_as_text, otypes=[object])(part).tolist()
+        elif part.dtype.kind in "fiub":
+            example[spec.name] = _nested(part.astype(spec.dtype) if spec.dtype != "str" else part)
+        else:
+            return None
+    return example
 
 
 def _as_text(value: Any) -> str:

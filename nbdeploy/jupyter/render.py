@@ -12,6 +12,10 @@ import html
 import io
 import json
 import math
+import os
+import shlex
+import shutil
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,62 +178,130 @@ class BenchmarkView:
         return f"{self.title}\n{self.report.table()}"
 
 
-def example_payload(signature: Signature) -> tuple[dict[str, Any], int]:
-    """A V2 request of zeros matching the signature (batch 1), and its element count."""
+def example_payload(
+    signature: Signature, example: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], int]:
+    """A V2 request (batch 1) and its element count: ``example`` (a real row of the deploy
+    sample, ``{input: nested list}``) when it has every input, else zeros."""
     inputs, total = [], 0
+    real = _has_row(signature, example)
     for spec in signature.inputs:
-        shape = [1 if dim < 0 else dim for dim in spec.shape]
-        count = math.prod(shape)
-        total += count
-        inputs.append(
-            {
-                "name": spec.name,
-                "shape": shape,
-                "datatype": spec.datatype,
-                "data": [_zero(spec.datatype)] * count,
-            }
-        )
+        if real:
+            data = _flatten(example[spec.name])
+            shape = _shape(example[spec.name])
+        else:
+            shape = [1 if dim < 0 else dim for dim in spec.shape]
+            data = [_zero(spec.datatype)] * math.prod(shape)
+        total += len(data)
+        inputs.append({"name": spec.name, "shape": shape, "datatype": spec.datatype, "data": data})
     return {"inputs": inputs}, total
+
+
+def _has_row(signature: Signature, example: dict[str, Any] | None) -> bool:
+    return example is not None and all(spec.name in example for spec in signature.inputs)
+
+
+def sample_row(served: ModelArtifact) -> dict[str, Any] | None:
+    """The deploy sample's first complete row, as recorded with the demo preprocessing."""
+    spec = served.metadata.get("preprocessing") or {}
+    if spec.get("request_example"):
+        return spec["request_example"]
+    if spec.get("kind") == "tensor" and spec.get("examples"):
+        return spec["examples"]
+    if spec.get("kind") == "tabular" and spec.get("input") and spec.get("examples"):
+        return {spec["input"]: [spec["examples"][0]]}
+    return None
+
+
+def _flatten(value: Any) -> list[Any]:
+    if isinstance(value, list):
+        return [item for part in value for item in _flatten(part)]
+    return [value]
+
+
+def _shape(value: Any) -> list[int]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape
 
 
 def _zero(datatype: str) -> Any:
     return {"BOOL": False, "BYTES": ""}.get(datatype, 0)
 
 
-def curl_snippet(url: str, name: str, token: str | None, signature: Signature) -> str:
-    payload, elements = example_payload(signature)
+def token_command(name: str) -> str:
+    """A shell command that prints the deployment's token, for snippets that must not show it:
+    this interpreter (it has nbdeploy) asks the store, as ``nbd.get(name).token`` would."""
+    found = shutil.which("python")
+    python = "python" if found and os.path.abspath(found) == sys.executable else sys.executable
+    lookup = f"import nbdeploy; print(nbdeploy.get({json.dumps(name)}).token)"
+    return f"{shlex.quote(python)} -c {shlex.quote(lookup)}"
+
+
+def curl_snippet(
+    url: str,
+    name: str,
+    token: str | None,
+    signature: Signature,
+    example: dict[str, Any] | None = None,
+) -> str:
+    """A curl command sending one real row of the sample (zeros without one), as JSON.
+
+    The token is never printed: the header reads ``$NBDEPLOY_TOKEN``, and when that is unset
+    asks nbdeploy for it (so the command runs as it is, on this machine)."""
+    payload, elements = example_payload(signature, example)
     lines = [f"curl -s -X POST {url}/v2/models/{name}/infer \\"]
     if token:
-        lines.append(f"  -H 'Authorization: Bearer {token}' \\")
+        lines.append(
+            f'  -H "Authorization: Bearer ${{NBDEPLOY_TOKEN:-$({token_command(name)})}}" \\'
+        )
     lines.append("  -H 'Content-Type: application/json' \\")
     if elements <= MAX_INLINE_ELEMENTS:
-        lines.append(f"  -d '{json.dumps(payload, separators=(',', ':'))}'")
+        lines.append(f"  -d {shlex.quote(json.dumps(payload, separators=(',', ':')))}")
     else:
         lines.append("  -d @request.json   # a V2 request body with the inputs shown below")
     return "\n".join(lines)
 
 
-def python_snippet(url: str, name: str, token: str | None, signature: Signature) -> str:
+def python_snippet(
+    url: str,
+    name: str,
+    token: str | None,
+    signature: Signature,
+    example: dict[str, Any] | None = None,
+) -> str:
+    """``nbd.get`` plus a raw V2 request with httpx, sending one real row of the sample.
+
+    The token travels in ``ep.headers`` (read from nbdeploy's store), never printed."""
+    payload, elements = example_payload(signature, example)
+    real = _has_row(signature, example) and elements <= MAX_INLINE_ELEMENTS
+    if not real:
+        payload, elements = example_payload(signature, None)
     inputs = []
-    for spec in signature.inputs:
-        shape = [1 if dim < 0 else dim for dim in spec.shape]
-        zero = repr(_zero(spec.datatype))
+    for entry in payload["inputs"]:
+        data = entry["data"]
+        shown = repr(data) if real else f"[{data[0]!r}] * {len(data)}" if data else "[]"
         inputs.append(
-            f'        {{"name": {json.dumps(spec.name)}, "shape": {shape}, "datatype": "{spec.datatype}",'
-            f' "data": [{zero}] * {math.prod(shape)}}},'
+            f'        {{"name": {json.dumps(entry["name"])}, "shape": {entry["shape"]},'
+            f' "datatype": "{entry["datatype"]}", "data": {shown}}},'
         )
-    headers = f'{{"Authorization": "Bearer {token}"}}' if token else "{}"
+    which = "one row of the deploy sample" if real else "zeros shaped like the inputs"
     return "\n".join(
         [
             "import nbdeploy as nbd",
             f'ep = nbd.get("{name}")   # also after a kernel restart',
-            "# ep.predict(x)  -> numpy in, numpy out",
+            "# ep.predict(x) -> numpy (x: arrays, or a DataFrame for a DataFrame model);",
+            "# ep.predict_frame(df) -> a DataFrame of labels and per-class probabilities",
             "",
             "import httpx   # or any HTTP client: the endpoint speaks Open Inference Protocol v2",
             "response = httpx.post(",
             f'    "{url}/v2/models/{name}/infer",',
-            f"    headers={headers},",
-            '    json={"inputs": [',
+            "    headers=ep.headers,   # the bearer token (elsewhere: $NBDEPLOY_TOKEN)"
+            if token
+            else "    headers=ep.headers,",
+            f'    json={{"inputs": [   # {which}',
             *inputs,
             "    ]},",
             ")",
@@ -250,6 +322,7 @@ class DeploySummary:
     token: str | None
     signature: Signature
     variants: list[VariantRow] = field(default_factory=list)
+    example: dict[str, Any] | None = None
     report: BenchmarkReport | None = None
     demo_url: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -277,6 +350,7 @@ class DeploySummary:
             status=endpoint.status,
             token=endpoint.token,
             signature=served.signature,
+            example=sample_row(served),
             variants=variant_rows(
                 served.metadata.get("variants") or [served],
                 variants_report or report,
@@ -297,10 +371,10 @@ class DeploySummary:
         return f"{self.name} v{self.version} is {self.status} on the {self.runtime} runtime"
 
     def curl(self) -> str:
-        return curl_snippet(self.url, self.name, self.token, self.signature)
+        return curl_snippet(self.url, self.name, self.token, self.signature, self.example)
 
     def python(self) -> str:
-        return python_snippet(self.url, self.name, self.token, self.signature)
+        return python_snippet(self.url, self.name, self.token, self.signature, self.example)
 
     def _repr_html_(self) -> str:
         color = "#1a7f37" if self.status == "running" else "#9a6700"

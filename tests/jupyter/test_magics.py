@@ -61,7 +61,7 @@ def test_deploy_serves_the_model_then_lists_and_stops_it(ip, linear, capsys):
     assert "export:" in out and "ready:" in out, out
     assert "t1 v1 is running on the process runtime" in out
     assert f"{endpoint.url}/v2/models/t1/infer" in out
-    assert f"Authorization: Bearer {endpoint.token}" in out
+    assert endpoint.token not in out and "Authorization: Bearer ${NBDEPLOY_TOKEN" in out
 
     table = ip.run_line_magic("deployments", "")
     assert table.names == ["t1"]
