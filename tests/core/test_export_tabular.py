@@ -54,32 +54,10 @@ def _onnx(artifact: ModelArtifact, rows) -> dict[str, np.ndarray]:
     return _ort.run(_ort.session(artifact.path), as_feeds(artifact.signature, rows))
 
 
-FLOAT64_THRESHOLDS = ("lgbm_regressor", "lgbm_classifier", "hgb_nan", "hgb_regressor_nan")
-"""Trees whose split thresholds are float64 (LightGBM, HistGradientBoosting): the float32
-ONNX inputs and thresholds may send a row whose value sits next to a threshold down the other
-branch. XGBoost works in float32 itself and matches exactly."""
-
-
 def _assert_held_out(case: tabular.Case, artifact: ModelArtifact) -> None:
-    """The export answers the held-out rows like the original model, within the parity
-    tolerance (probabilities atol 1e-4, values rtol 1e-4), row by row.
-
-    For trees with float64 thresholds at most 2% of the rows may differ (see
-    FLOAT64_THRESHOLDS); for every other model, none.
-    """
-    rows = case.test
-    got = _onnx(artifact, rows)
-    expected = case.expected(rows)
-    close = np.ones(len(rows), dtype=bool)
-    for name, want in expected.items():
-        have = got[name].reshape(want.shape)
-        if want.dtype.kind == "f":
-            ok = np.isclose(have, want, atol=1e-4, rtol=1e-4)
-        else:
-            ok = have.astype(str) == want.astype(str)
-        close &= ok.reshape(len(rows), -1).all(axis=1)
-    allowed = 0.02 if case.name in FLOAT64_THRESHOLDS else 0.0
-    assert 1 - close.mean() <= allowed, f"{case.name}: rows {np.flatnonzero(~close)} differ"
+    """The export answers the held-out rows like the original model (see
+    :func:`tabular.assert_answers_match`)."""
+    tabular.assert_answers_match(case, case.test, _onnx(artifact, case.test))
 
 
 # ---------------------------------------------------------------------- DataFrame pipelines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -94,3 +95,16 @@ def test_onnx_file(run_notebook, tmp_path):
     assert "stopped iris-cli" in text
     assert "agrees with scikit-learn on all 150 rows" in text
     assert (tmp_path / "iris.onnx").is_file()
+
+
+def test_tabular_pipeline(run_notebook):
+    from nbdeploy.demo import demo_spec
+    from nbdeploy.repository import ModelRepository
+
+    notebook = run_notebook("tabular_pipeline.ipynb")
+    text = text_of(notebook)
+    assert "endpoint agrees with scikit-learn on 100% of 143 held-out rows" in text
+    assert "('size', 'BYTES')" in text
+    assert "DemoServer(name='example-tabular-pipeline', url='http://127.0.0.1:" in text
+    spec = demo_spec(ModelRepository().get("example-tabular-pipeline"))
+    assert "mean radius" in json.dumps(spec) and "medium" in json.dumps(spec)

@@ -203,3 +203,25 @@ def test_nothing_to_pick_is_reported(tmp_path):
     assert panel.log_lines[-1] == "error: pick a model first (the model dropdown is empty)"
     panel.benchmark_button.click()
     assert panel.last_error is not None
+
+
+def test_a_dataframe_pipeline_is_picked_benchmarked_and_deployed():
+    from tests.helpers import tabular
+
+    case = tabular.case("mixed")
+    namespace = {"pipe": case.model, "train": case.train, "head": case.train.head(8)}
+    panel = DeployPanel(namespace=namespace)
+    assert "pipe" in [value for _, value in panel.model_picker.options]
+    assert "head" in [value for _, value in panel.sample_picker.options]
+    panel.model_picker.value = "pipe"
+    panel.sample_picker.value = "head"
+    panel.name_box.value = "frame"
+    panel.runtime_picker.value = "process"
+
+    _click(panel, panel.benchmark_button)
+    assert panel.last_error is None, panel.log_text
+    _click(panel, panel.deploy_button)
+    assert panel.last_error is None, panel.log_text
+    answers = nbd.get("frame").predict_frame(case.test)
+    assert (answers["label"].to_numpy() == case.model.predict(case.test).astype(str)).all()
+    nbd.undeploy("frame")
