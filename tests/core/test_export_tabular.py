@@ -27,16 +27,7 @@ pd = pytest.importorskip("pandas")
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAME_CASES = ("numeric", "mixed", "category", "imputer", "boolean", "iris", "regression")
-TREE_CASES = (
-    "xgb_classifier",
-    "xgb_regressor",
-    "xgb_pipeline",
-    "lgbm_classifier",
-    "lgbm_regressor",
-    "lgbm_pipeline",
-    "hgb_nan",
-    "hgb_regressor_nan",
-)
+TREE_CASES = tuple(name for name in tabular.CASES if name.startswith(("xgb_", "lgbm_", "hgb_")))
 
 
 @pytest.fixture(scope="module")
