@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from nbdeploy._types import Parity, Quantization, Signature
 
 METADATA_FILE = "nbdeploy.json"
 MODEL_FILE = "model.onnx"
+"""The model file of an ONNX artifact; other formats name theirs in ``nbdeploy.json``."""
 
 
 def sha256_file(path: Path) -> str:
@@ -59,6 +61,19 @@ class ModelArtifact:
         return self.path.parent
 
     @property
+    def sidecars(self) -> list[Path]:
+        """Files that travel with the model (a tokenizer, say): everything in its directory
+        but the model file and ``nbdeploy.json``, copied wherever the model goes."""
+        if not self.directory.is_dir():
+            return []
+        skip = {self.path.name, METADATA_FILE}
+        return sorted(
+            path
+            for path in self.directory.iterdir()
+            if path.is_file() and path.name not in skip and not path.name.startswith(".")
+        )
+
+    @property
     def size_bytes(self) -> int:
         return self.path.stat().st_size
 
@@ -75,6 +90,7 @@ class ModelArtifact:
         return {
             "name": self.name,
             "version": self.version,
+            "model_file": self.path.name,
             "variant": self.variant,
             "framework": self.framework,
             "framework_version": self.framework_version,
@@ -125,7 +141,7 @@ class ModelArtifact:
         metadata = dict(data.get("metadata") or {})
         metadata["onnx_sha256"] = data.get("onnx_sha256")
         return cls(
-            path=directory / MODEL_FILE,
+            path=directory / data.get("model_file", MODEL_FILE),
             name=data["name"],
             signature=Signature.from_dict(data["signature"]),
             framework=data["framework"],
@@ -162,12 +178,14 @@ def store_onnx(
     *,
     name: str,
     signature: Signature | None = None,
+    files: Mapping[str, Path | bytes] | None = None,
     **fields: Any,
 ) -> ModelArtifact:
     """Write an ONNX model into the content-addressed artifact area and return its artifact.
 
     The directory is named after the model's sha256 and filled through a temp dir + rename,
-    so a half-written artifact is never visible and the same model is stored once.
+    so a half-written artifact is never visible and the same model is stored once. ``files``
+    are sidecars written next to the model (name -> a path to copy, or the bytes).
     """
     import onnx
 
@@ -178,6 +196,12 @@ def store_onnx(
             shutil.copyfile(proto_or_path, model_path)
         else:
             onnx.save(proto_or_path, str(model_path))
+        for file_name, content in (files or {}).items():
+            target = scratch / Path(file_name).name
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                shutil.copyfile(content, target)
         digest = sha256_file(model_path)
         signature = signature or Signature.from_onnx(model_path)
         variant = fields.get("variant", "fp32")

@@ -287,6 +287,7 @@ def _make_variant(
             quantization=quantization,
             parity=parity,
             metadata=metadata,
+            files={path.name: path for path in artifact.sidecars},
         )
     except Exception as exc:
         reason = f"the {mode} model could not be stored: {_format.first_line(exc, cause=True)}"

@@ -1,4 +1,5 @@
-"""The model repository: ``models/<name>/<version>/`` with ``model.onnx`` and ``nbdeploy.json``.
+"""The model repository: ``models/<name>/<version>/`` with the model file (``model.onnx``), its
+sidecar files and ``nbdeploy.json``.
 
 Versions are immutable (files read-only once written) and appear atomically: a version is
 assembled in a private temp dir and renamed into place while the store's write lock is held,
@@ -18,7 +19,7 @@ from typing import Any
 
 from nbdeploy import _settings
 from nbdeploy._errors import RepositoryError
-from nbdeploy.artifact import METADATA_FILE, MODEL_FILE, ModelArtifact, write_json_atomic
+from nbdeploy.artifact import METADATA_FILE, ModelArtifact, write_json_atomic
 from nbdeploy.store import Store
 from nbdeploy.vocabulary import check_name
 
@@ -53,14 +54,15 @@ class ModelRepository:
         final: Path | None = None
         try:
             try:
-                shutil.copyfile(artifact.path, staging / MODEL_FILE)
+                for source in (artifact.path, *artifact.sidecars):
+                    shutil.copyfile(source, staging / source.name)
             except OSError as exc:
                 raise RepositoryError(f"cannot read the model file {artifact.path}: {exc}") from exc
             with self.store.transaction() as conn:
                 version = max(Store.max_version(conn, name), self._max_dir_version(name)) + 1
                 record = replace(
                     artifact,
-                    path=staging / MODEL_FILE,
+                    path=staging / artifact.path.name,
                     name=name,
                     version=version,
                     metadata=dict(artifact.metadata),
@@ -80,13 +82,13 @@ class ModelRepository:
                         sha256=record.sha256,
                         variant=record.variant,
                         framework=record.framework,
-                        size_bytes=(final / MODEL_FILE).stat().st_size,
+                        size_bytes=(final / artifact.path.name).stat().st_size,
                     )
                 except BaseException:
                     os.rename(final, staging)
                     final = None
                     raise
-            record.path = final / MODEL_FILE
+            record.path = final / artifact.path.name
             self.store.add_event(name, "registered", f"version {version} ({record.variant})")
             return record
         except BaseException:

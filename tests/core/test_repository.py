@@ -169,3 +169,22 @@ def test_store_keeps_server_settings_typed_and_reads_older_files(nbdeploy_home: 
         name="m", version=2, runtime="process", state="active", settings=ServerSettings(cpus=1.5)
     )
     assert store.deployment(new).settings.cpus == 1.5
+
+
+def test_sidecar_files_travel_with_the_model_into_versions_and_variants(tmp_path: Path) -> None:
+    from nbdeploy.artifact import store_onnx
+    from nbdeploy.optimize import quantize_variants
+    from tests.helpers.onnx_models import linear_model
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("hello\nworld\n")
+    proto, _, _ = linear_model()
+    artifact = store_onnx(
+        proto, name="side", framework="onnx", files={"vocab.txt": vocab, "extra.json": b"{}"}
+    )
+    assert [p.name for p in artifact.sidecars] == ["extra.json", "vocab.txt"]
+    registered = ModelRepository().register(artifact)
+    assert (registered.directory / "vocab.txt").read_text() == "hello\nworld\n"
+    assert ModelArtifact.load(registered.directory).sidecars == registered.sidecars
+    (fp16,) = quantize_variants(artifact, ["fp16"])
+    assert [p.name for p in fp16.sidecars] == ["extra.json", "vocab.txt"]
