@@ -879,15 +879,37 @@ class DemoApp:
         return box.add_class("nbd-feature")
 
     def _text_input(self) -> tuple[Any, Any]:
+        """A text box (filled with the sample's first text, "Fill with" picks another); the
+        endpoint takes the raw string and answers per class, shown with probabilities."""
         w, spec = self.w, self.demo["preprocessing"]
-        hint = (
-            "Type the text to classify."
-            if spec.get("encoding", "string") == "string"
-            else "This model takes token ids: enter whole numbers separated by spaces."
+        examples = [str(t) for t in spec.get("examples") or []]
+        if spec.get("encoding", "string") == "string":
+            hint = "Type the text to classify"
+            hint += ", or edit the example from the sample" if examples else ""
+            hint += ", and press Predict."
+        else:
+            hint = "This model takes token ids: enter whole numbers separated by spaces."
+        box = w.Textarea(
+            value=examples[0] if examples else "",
+            placeholder="text…",
+            layout=w.Layout(width="100%", height="120px"),
         )
-        box = w.Textarea(placeholder="text…", layout=w.Layout(width="100%", height="120px"))
         box.add_class("nbd-text")
-        return w.VBox([self._hint(hint), box]), lambda: {spec["input"]: text_array(box.value, spec)}
+        parts = [self._hint(hint), box]
+        if len(examples) > 1:
+            picker = w.Dropdown(
+                options=[(f"example {i + 1}", i) for i in range(len(examples))],
+                description="Fill with",
+            ).add_class("nbd-examples")
+
+            def fill(change: dict[str, Any]) -> None:
+                box.value = examples[change["new"]]
+
+            picker.observe(fill, "value")
+            parts.insert(1, picker)
+            self.examples_picker = picker
+        self.fields = [box]
+        return w.VBox(parts), lambda: {spec["input"]: text_array(box.value, spec)}
 
     def _json_input(self) -> tuple[Any, Any]:
         w = self.w

@@ -142,9 +142,11 @@ def _strings(values: Any) -> np.ndarray:
 
 
 def _is_scalar_list(values: Sequence[Any]) -> bool:
-    """A plain (possibly nested) list of numbers is one tensor, not several inputs."""
+    """A plain (possibly nested) list of numbers or strings is one tensor, not several inputs."""
     first = values[0]
-    return isinstance(first, int | float | bool | np.number | list) and not hasattr(first, "shape")
+    return isinstance(first, int | float | bool | str | bytes | np.number | list) and not hasattr(
+        first, "shape"
+    )
 
 
 def as_feeds(signature: Signature, sample: Any, *, cast: bool = True) -> dict[str, np.ndarray]:

@@ -306,6 +306,9 @@ class _Plan:
     onnx_path: Path | None = None
     model: Any = None
     skip_reason: str | None = None
+    encode: Callable[[Any], dict[str, np.ndarray]] | None = None
+    """For a text model: raw texts to the graph's token feeds, timed with every call."""
+    # ``onnx_path`` is the model file: ``model.onnx``, or a Python model's ``model.pkl``.
 
     def row(self, batch_size: int, **values: Any) -> BenchmarkResult:
         return BenchmarkResult(
@@ -330,9 +333,18 @@ class _Plan:
 
     def load(self, threads: int) -> Callable[[dict[str, np.ndarray]], Callable[[], Any]]:
         """Load the target once; return a function turning feeds into a zero-argument call."""
+        if self.onnx_path is not None and self.onnx_path.suffix == ".pkl":
+            from nbdeploy.exporters._python import PythonSession
+
+            python = PythonSession(self.onnx_path.parent)
+            names = [o.name for o in python.get_outputs()]
+            return lambda feeds: lambda: python.run(names, feeds)
         if self.onnx_path is not None:
             sess = _ort.session(self.onnx_path, threads=threads)
             names = [o.name for o in sess.get_outputs()]
+            if self.encode is not None:
+                encode = self.encode
+                return lambda feeds: lambda: sess.run(names, encode(feeds["text"]))
             return lambda feeds: lambda: sess.run(names, feeds)
 
         from nbdeploy.exporters import eager_runner
@@ -455,6 +467,10 @@ def _artifact_plan(artifact: ModelArtifact) -> _Plan:
     if not artifact.path.is_file():
         raise BenchmarkError(f"artifact {artifact.label} has no model file at {artifact.path}")
     plan.size_bytes = artifact.size_bytes
+    if "tokenization" in artifact.metadata:
+        from nbdeploy.exporters._transformers import text_encoder
+
+        plan.encode = text_encoder(artifact)
     return plan
 
 

@@ -8,6 +8,7 @@ never as if it had worked.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ import numpy as np
 
 from nbdeploy import _format, _ort
 from nbdeploy._errors import QuantizeError
-from nbdeploy._tensors import as_feeds
 from nbdeploy._types import Parity, Quantization
 from nbdeploy.artifact import ModelArtifact, store_onnx
 from nbdeploy.vocabulary import QUANTIZE_MODES
@@ -27,7 +27,15 @@ from nbdeploy.vocabulary import QUANTIZE_MODES
 VALID_MODES = ("fp32", *QUANTIZE_MODES)
 
 # What a variant keeps from its fp32 model: how inputs are read and what outputs mean.
-INTERFACE_METADATA = ("preprocessing", "outputs", "accepts_nan", "columns", "feature_names")
+INTERFACE_METADATA = (
+    "preprocessing",
+    "outputs",
+    "accepts_nan",
+    "columns",
+    "feature_names",
+    "tokenization",
+    "requirements",
+)
 CALIBRATION_BATCH = 16
 CALIBRATION_MAX_ROWS = 256
 EVALUATION_BATCH = 256
@@ -205,12 +213,15 @@ def _preprocess(source: Path, target: Path) -> tuple[Path, str]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        quant_pre_process(str(source), str(target))
+        # It leaves temporary files in the working directory when shape inference fails.
+        with contextlib.chdir(target.parent):
+            quant_pre_process(str(source), str(target))
         return target, "full"
     except Exception as exc:
         first_failure = _format.first_line(exc, cause=True)
     try:
-        quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+        with contextlib.chdir(target.parent):
+            quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
         return target, "skip_symbolic_shape"
     except Exception as exc:
         return (
@@ -288,6 +299,8 @@ def _make_variant(
             parity=parity,
             metadata=metadata,
             files={path.name: path for path in artifact.sidecars},
+            # A text model's public signature takes raw text, not the graph's token ids.
+            signature=artifact.signature if "tokenization" in artifact.metadata else None,
         )
     except Exception as exc:
         reason = f"the {mode} model could not be stored: {_format.first_line(exc, cause=True)}"
@@ -425,7 +438,9 @@ def _evaluate_reference(artifact: ModelArtifact, calibration: Any, labels: Any) 
             )
         feeds, source = _random_feeds(artifact), "random"
     else:
-        feeds, source = as_feeds(artifact.signature, calibration), "calibration"
+        from nbdeploy.exporters._transformers import graph_feeds
+
+        feeds, source = graph_feeds(artifact, calibration), "calibration"
     batched = _rows(feeds) is not None
     fixed_batch = artifact.signature.fixed_batch if batched else None
     feeds = _whole_batches(feeds, fixed_batch)

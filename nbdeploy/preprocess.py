@@ -47,6 +47,7 @@ CHANNEL_COUNTS = (1, 3, 4)
 PIXEL_RANGES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 16.0), (0.0, 255.0))
 MAX_EXAMPLES = 10
 MAX_JSON_EXAMPLE = 4096
+MAX_TEXT_EXAMPLE = 2000
 MAX_CATEGORIES = 200
 COLUMN_DTYPES = (
     "float16",
@@ -147,6 +148,9 @@ def _sample_arrays(signature: Signature, sample: Any) -> dict[str, np.ndarray]:
     """The sample as named arrays (by position when unnamed); empty when there is none."""
     if sample is None:
         return {}
+    texts = _texts(signature, sample)
+    if texts is not None:
+        return {signature.inputs[0].name: texts}
     parts = sample_parts(sample)
     if isinstance(parts, dict):
         return parts
@@ -377,9 +381,29 @@ def _cell(column: dict[str, Any], value: Any) -> Any:
     return _exact(value)
 
 
+def _texts(signature: Signature, sample: Any) -> np.ndarray | None:
+    """A raw-text model's sample (a str, or a list/tuple of them) as one 1-D array of str:
+    the texts are rows of the one input, not one input each."""
+    if len(signature.inputs) != 1 or signature.inputs[0].dtype != "str":
+        return None
+    if len(signature.inputs[0].shape) != 1:
+        return None
+    if isinstance(sample, str):
+        sample = [sample]
+    if not isinstance(sample, list | tuple) or not all(isinstance(t, str) for t in sample):
+        return None
+    array = np.empty(len(sample), dtype=object)
+    array[:] = list(sample)
+    return array
+
+
 def _text_spec(tensor: TensorSpec, array: np.ndarray | None) -> dict[str, Any]:
     if tensor.dtype == "str":
-        return {"encoding": "string", "max_length": None}
+        spec: dict[str, Any] = {"encoding": "string", "max_length": None}
+        if array is not None and array.size:
+            texts = [_as_text(v) for v in np.asarray(array, dtype=object).reshape(-1)]
+            spec["examples"] = [t[:MAX_TEXT_EXAMPLE] for t in texts if t.strip()][:MAX_EXAMPLES]
+        return spec
     length = _dims(tensor, array)[1]
     return {"encoding": "token_ids", "max_length": length if length > 0 else None}
 

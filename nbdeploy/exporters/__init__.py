@@ -18,7 +18,7 @@ from nbdeploy._errors import ExportError, InputError, ParityError
 from nbdeploy._tensors import as_feeds, random_sample
 from nbdeploy._types import Parity, Signature
 from nbdeploy.artifact import ModelArtifact, store_onnx
-from nbdeploy.exporters import _keras, _onnx, _sklearn, _torch, parity
+from nbdeploy.exporters import _keras, _onnx, _sklearn, _torch, _transformers, parity
 from nbdeploy.exporters.base import Exported, Exporter, NanProbe
 from nbdeploy.vocabulary import check_name, safe_name
 
@@ -38,10 +38,13 @@ SUPPORTED = (
     "torch.nn.Module, Keras 3 models (Sequential / functional / subclassed, or a .keras file),"
     " tf.Module / tf.function / a SavedModel directory, scikit-learn estimators and pipelines"
     " (NumPy or pandas DataFrame samples), XGBoost and LightGBM classifiers and regressors,"
-    " an .onnx file or an onnx.ModelProto"
+    " an .onnx file or an onnx.ModelProto; transformers and torch text models with"
+    " tokenizer= (a fast Hugging Face tokenizer or a tokenizers.Tokenizer)"
 )
 
 EXPORTERS: tuple[Exporter, ...] = (
+    _transformers.TRANSFORMERS,
+    _transformers.TORCH_TEXT,
     _torch.EXPORTER,
     _keras.KERAS,
     _keras.TENSORFLOW,
@@ -50,7 +53,8 @@ EXPORTERS: tuple[Exporter, ...] = (
     _sklearn.EXPORTER,
     _onnx.EXPORTER,
 )
-"""Asked in order, first match wins: torch before Keras (a Keras layer on the torch backend
+"""Asked in order, first match wins: transformers before torch (a transformers model is a
+torch Module too; a model given with ``tokenizer=`` arrives as a ``TextPipeline``), torch before Keras (a Keras layer on the torch backend
 is a torch Module too), Keras before TensorFlow (a Keras model on the TF backend is a tf
 AutoTrackable), XGBoost and LightGBM before scikit-learn (their models are scikit-learn
 estimators too: same conversion path, but recorded as their own framework), ONNX last because
@@ -86,17 +90,31 @@ def export_model(
     atol: float = 1e-4,
     rtol: float = 1e-3,
     opset: int | None = None,
+    tokenizer: Any = None,
 ) -> ModelArtifact:
     """Export ``model`` to ONNX with a dynamic batch dim and store it as an fp32 artifact.
 
     The export is run in onnxruntime on ``sample`` and compared with the original model; a
     difference beyond ``atol``/``rtol`` raises ParityError. ONNX inputs are stored as given
     (checked to run on ``sample`` when there is one) and get no parity record.
+
+    ``tokenizer`` (a fast Hugging Face tokenizer or a ``tokenizers.Tokenizer``) with a
+    transformers or torch text model and a sample of strings gives an artifact taking raw
+    text: the graph over token ids, ``tokenizer.json`` beside it, tokenized by the server
+    (see :mod:`nbdeploy.exporters._transformers`).
     """
     if name is not None:
         check_name(name)
     if not (atol >= 0 and rtol >= 0):
         raise InputError(f"atol and rtol must be >= 0; got atol={atol}, rtol={rtol}")
+    if tokenizer is not None:
+        if isinstance(model, str | Path) or not _torch.EXPORTER.detect(model):
+            cls = type(model)
+            raise InputError(
+                "tokenizer= applies to transformers and torch text models; got a"
+                f" {cls.__module__}.{cls.__qualname__}"
+            )
+        model = _transformers.TextPipeline(model, tokenizer)
     exporter = exporter_for(model)
     label_list = [str(label) for label in labels] if labels is not None else None
     if exporter is not _onnx.EXPORTER:
@@ -109,6 +127,8 @@ def export_model(
             name = name or safe_name(Path(model).stem)
             model = _keras.load_path(Path(model))
     exported = exporter.export(model, sample, opset=opset)
+    if label_list is not None and isinstance(exporter, _transformers.TextExporter):
+        _name_classes(exported.metadata.get("outputs"), label_list)
     return _finish(
         exported, model, name=name, labels=label_list or exported.labels, atol=atol, rtol=rtol
     )
@@ -120,15 +140,29 @@ def as_artifact(
     *,
     name: str | None = None,
     labels: Sequence[str] | None = None,
+    tokenizer: Any = None,
 ) -> ModelArtifact:
     """The artifact for anything a surface accepts as "a model".
 
     A ModelArtifact is returned as is and a directory holding ``nbdeploy.json`` is loaded
-    (``name``, ``labels`` and ``sample`` do not apply to either); anything else (a framework
-    model, an .onnx file or proto, a .keras file, a SavedModel directory) is exported.
+    (``name``, ``labels``, ``sample`` and ``tokenizer`` do not apply to either); anything else
+    (a framework model, an .onnx file or proto, a .keras file, a SavedModel directory) is
+    exported, a text model with its ``tokenizer`` to an artifact taking raw strings.
     """
     found = ModelArtifact.find(value)
-    return found if found is not None else export_model(value, sample, name=name, labels=labels)
+    if found is not None:
+        return found
+    return export_model(value, sample, name=name, labels=labels, tokenizer=tokenizer)
+
+
+def _name_classes(outputs: Any, labels: list[str]) -> None:
+    """Labels given to export name the classes of the score outputs a text exporter described
+    (from ``config.id2label``)."""
+    if not isinstance(outputs, dict):
+        return
+    for entry in outputs.values():
+        if isinstance(entry, dict) and entry.get("kind") in ("probabilities", "logits"):
+            entry["classes"] = list(labels)
 
 
 def _finish(
@@ -146,12 +180,11 @@ def _finish(
     An ONNX model taken as given (no reference outputs) is stored without the parity checks.
     """
     proto = exported.proto
-    signature = Signature.from_onnx(proto)
+    graph = Signature.from_onnx(proto)
+    signature = exported.signature or graph
     original = exported.reference is not None
     if original:
-        _onnx.require_dynamic_batch(
-            signature, exported.metadata.get("exporter", exported.framework)
-        )
+        _onnx.require_dynamic_batch(graph, exported.metadata.get("exporter", exported.framework))
     _onnx.check_labels(signature, labels)
     metadata = dict(exported.metadata)
     measured = None
@@ -159,7 +192,7 @@ def _finish(
         sess = None
         if original:
             sess = _ort.session(path)
-            measured = _parity(exported, signature, sess, atol=atol, rtol=rtol)
+            measured = _parity(exported, graph, sess, atol=atol, rtol=rtol)
         elif not {"accepts_nan", "outputs"} <= set(metadata):
             # A file taken as given may need what this onnxruntime lacks (custom ops): then
             # it is stored as before, accepting NaN nowhere, its outputs judged by type.
@@ -168,9 +201,9 @@ def _finish(
         if exported.nan_probe is not None and sess is not None:
             metadata["accepts_nan"] = _confirm_nan(exported.nan_probe, sess, atol=atol, rtol=rtol)
         elif "accepts_nan" not in metadata:
-            metadata["accepts_nan"] = _probe_nan(exported, signature, sess) if sess else []
+            metadata["accepts_nan"] = _probe_nan(exported, graph, sess) if sess else []
         if "outputs" not in metadata:
-            metadata["outputs"] = _infer_outputs(exported, signature, sess, labels)
+            metadata["outputs"] = _infer_outputs(exported, graph, sess, labels)
     return store_onnx(
         proto,
         name=name or exported.default_name,
@@ -182,6 +215,7 @@ def _finish(
         input_kind=signature.input_kind,
         source_model=model if original else None,
         metadata=metadata,
+        files=exported.files,
     )
 
 

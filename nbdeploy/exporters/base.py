@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from nbdeploy._types import Signature
 
 
 @dataclass
@@ -31,6 +35,12 @@ class Exported:
     nan_probe: NanProbe | None = None
     """Rows with a missing value the original model answered (see ``accepts_nan``), checked
     against the export too; None when the exporter did not probe the original."""
+    files: dict[str, Path | bytes] = field(default_factory=dict)
+    """Sidecar files stored beside the model (e.g. ``tokenizer.json``): name -> path or bytes."""
+    signature: Signature | None = None
+    """The signature the artifact presents when it is not the graph's own: raw text in for a
+    model whose server tokenizes (``feeds`` and ``reference`` stay the graph's). None: the
+    graph's."""
 
 
 @dataclass
