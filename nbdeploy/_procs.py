@@ -12,10 +12,12 @@ import os
 import signal
 import subprocess
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nbdeploy._errors import DeployError
+from nbdeploy.vocabulary import Progress, emit
 
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -104,3 +106,21 @@ def terminate(pid: int, *, timeout: float, term_group: bool = True) -> None:
     if child is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=5)
+
+
+def run_logged(command: Sequence[str], progress: Progress | None, failure: str) -> None:
+    """Run a tool (pip, venv) to completion, its output lines reported as progress detail;
+    a non-zero exit raises DeployError("<failure> (<tool> exited N); last lines: ...")."""
+    lines: deque[str] = deque(maxlen=20)
+    with subprocess.Popen(
+        list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            emit(progress, "image", line.rstrip(), detail=True)
+    if proc.returncode != 0:
+        raise DeployError(
+            f"{failure} ({' '.join(command[2:4])} exited {proc.returncode}); last lines:\n"
+            + "\n".join(lines)
+        )

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,21 +181,39 @@ def store_onnx(
     files: Mapping[str, Path | bytes] | None = None,
     **fields: Any,
 ) -> ModelArtifact:
-    """Write an ONNX model into the content-addressed artifact area and return its artifact.
+    """Store an ONNX model (a proto, or a file to copy) as an artifact; see :func:`store_model`."""
+    import onnx
+
+    def write(path: Path) -> None:
+        if isinstance(proto_or_path, str | Path):
+            shutil.copyfile(proto_or_path, path)
+        else:
+            onnx.save(proto_or_path, str(path))
+
+    return store_model(MODEL_FILE, write, name=name, signature=signature, files=files, **fields)
+
+
+def store_model(
+    model_file: str,
+    write: Callable[[Path], None],
+    *,
+    name: str,
+    signature: Signature | None = None,
+    files: Mapping[str, Path | bytes] | None = None,
+    **fields: Any,
+) -> ModelArtifact:
+    """Write a model file (``write(path)``) into the content-addressed artifact area and return
+    its artifact, whatever the format (``model.onnx``, a Python model's ``model.pkl``).
 
     The directory is named after the model's sha256 and filled through a temp dir + rename,
     so a half-written artifact is never visible and the same model is stored once. ``files``
-    are sidecars written next to the model (name -> a path to copy, or the bytes).
+    are sidecars written next to the model (name -> a path to copy, or the bytes). Without a
+    ``signature`` the model file is read as ONNX for one.
     """
-    import onnx
-
     scratch = Path(tempfile.mkdtemp(prefix=".tmp-", dir=_settings.artifacts_dir()))
     try:
-        model_path = scratch / MODEL_FILE
-        if isinstance(proto_or_path, str | Path):
-            shutil.copyfile(proto_or_path, model_path)
-        else:
-            onnx.save(proto_or_path, str(model_path))
+        model_path = scratch / model_file
+        write(model_path)
         for file_name, content in (files or {}).items():
             target = scratch / Path(file_name).name
             if isinstance(content, bytes):
@@ -207,17 +225,17 @@ def store_onnx(
         variant = fields.get("variant", "fp32")
         final = _settings.artifacts_dir() / f"{name}-{variant}-{digest[:16]}"
         metadata = dict(fields.pop("metadata", {}) or {})
-        metadata["onnx_sha256"] = digest
+        metadata["onnx_sha256"] = digest  # the model file's digest, whatever its format
         artifact = ModelArtifact(
             path=model_path, name=name, signature=signature, metadata=metadata, **fields
         )
         try:
             os.rename(scratch, final)
         except OSError:
-            if not (final / MODEL_FILE).exists():
+            if not (final / model_file).exists():
                 raise
             shutil.rmtree(scratch, ignore_errors=True)
-        artifact.path = final / MODEL_FILE
+        artifact.path = final / model_file
         artifact.save_metadata()
         return artifact
     except BaseException:

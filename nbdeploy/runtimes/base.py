@@ -7,6 +7,7 @@ Handles are plain data so the store can keep them in SQLite and re-attach after 
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import urllib.error
@@ -17,14 +18,70 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nbdeploy._errors import DeployError
+from nbdeploy.artifact import sha256_file
 from nbdeploy.vocabulary import Progress, ServerSettings, ServerStatus, emit
 
 READY_PATH = "/v2/health/ready"
+ONNX_FILE = "model.onnx"
+PICKLE_FILE = "model.pkl"
+METADATA_FILE = "nbdeploy.json"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What a runtime needs to know about a model version directory before running it."""
+
+    directory: Path
+    format: str
+    """``onnx`` (``model.onnx``) or ``python`` (a cloudpickled callable, ``model.pkl``)."""
+    requirements: tuple[str, ...] = ()
+    """``name==version`` pins the serving environment needs beyond the server's packages."""
+    python: str | None = None
+    """The ``major.minor`` Python a Python model was pickled with."""
+
+    @property
+    def needs_environment(self) -> bool:
+        """True when the server needs packages beyond its own (a Python model's)."""
+        return self.format == "python" or bool(self.requirements)
+
+
+def inspect_model_dir(model_dir: Path, sha256: str | None = None) -> ModelFiles:
+    """The format and requirements of a model version directory; raise DeployError when it
+    holds no model, or when a Python model's ``model.pkl`` no longer has the sha256 recorded at
+    registration (``sha256``: the store's record), since loading it would run unchecked code.
+    """
+    directory = Path(model_dir)
+    onnx, pickled = directory / ONNX_FILE, directory / PICKLE_FILE
+    if not onnx.is_file() and not pickled.is_file():
+        raise DeployError(
+            f"expected a model version directory holding model.onnx (or a Python model's"
+            f" model.pkl); got {directory}"
+        )
+    try:
+        data = json.loads((directory / METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        data = {}
+    metadata = data.get("metadata") if isinstance(data, dict) else None
+    metadata = metadata if isinstance(metadata, dict) else {}
+    requirements = tuple(str(r) for r in metadata.get("requirements") or ())
+    if onnx.is_file():
+        return ModelFiles(directory, "onnx", requirements)
+    if sha256 is not None:
+        actual = sha256_file(pickled)
+        if actual != sha256:
+            raise DeployError(
+                f"refusing to run {pickled}: its sha256 {actual[:16]}... differs from the"
+                f" {sha256[:16]}... recorded at registration; a Python model file is code, and"
+                " this one changed after it was registered"
+            )
+    python = metadata.get("python")
+    return ModelFiles(directory, "python", requirements, str(python) if python else None)
 
 
 @dataclass
 class LaunchSpec:
-    """What to run: one model version directory (holding ``model.onnx``) on one local port."""
+    """What to run: one model version directory (``model.onnx``, or a Python model's
+    ``model.pkl``) on one local port; ``sha256`` is the model file's, as registered."""
 
     name: str
     version: int

@@ -5,6 +5,14 @@ the exact versions installed here (so the onnxruntime that was benchmarked is th
 serves), cached in a wheelhouse, and sent in the build context. The server image depends only
 on the base image, the wheels and the ``nbdeploy/serve`` sources, so every model shares it and
 a model image adds one small layer on top.
+
+A Python model (or any artifact whose ``nbdeploy.json`` lists ``metadata.requirements``) gets
+one more layer between the two: the wheels of its requirements and of their dependencies,
+minus what the server layer already has, resolved by pip for the image's platform with the
+server's pins (and the versions installed here) as constraints, downloaded on the host into a
+wheelhouse cached by requirements hash, installed offline. That layer is its own image,
+``nbdeploy-requirements:<hash>``, shared by every model with the same requirements. An ONNX
+model's image stays base + server + model.
 """
 
 from __future__ import annotations
@@ -14,18 +22,21 @@ import importlib.metadata
 import io
 import json
 import os
+import platform
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
 from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from nbdeploy import _settings
+from nbdeploy import _procs, _settings
 from nbdeploy._errors import DeployError
+from nbdeploy.runtimes.base import inspect_model_dir
 from nbdeploy.runtimes.engine import docker_client
 from nbdeploy.vocabulary import Progress, check_name, emit
 
@@ -57,9 +68,38 @@ TARGET_MARKERS: dict[str, str] = {
     "extra": "",
 }
 
+
+@dataclass(frozen=True)
+class Target:
+    """The Python and platform wheels are downloaded for: the image's (cp311 manylinux), or
+    this interpreter's own (``platforms`` empty: pip's defaults) for a local environment."""
+
+    python_version: str
+    platforms: tuple[str, ...] = ()
+    markers: dict[str, str] | None = None
+    """What environment markers see; None: this interpreter's environment."""
+
+
+IMAGE_TARGET = Target(TARGET_PYTHON, PLATFORMS, TARGET_MARKERS)
+
+
+def host_target() -> Target:
+    """Wheels for this interpreter: the image's target when it is a Linux x86_64 CPython 3.11
+    (so the process runtime and the image share one wheelhouse), else pip's defaults."""
+    same = (
+        sys.implementation.name == "cpython"
+        and "{}.{}".format(*sys.version_info[:2]) == TARGET_PYTHON
+        and sys.platform == "linux"
+        and platform.machine() == "x86_64"
+    )
+    return IMAGE_TARGET if same else Target("{}.{}".format(*sys.version_info[:2]))
+
+
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 LOCAL_BASE_IMAGE = "nbdeploy/base:bookworm"  # what scripts/docker-engine.sh builds
 SERVER_REPOSITORY = "nbdeploy-server"
+REQUIREMENTS_REPOSITORY = "nbdeploy-requirements"
+SITE_PACKAGES = f"/opt/venv/lib/python{TARGET_PYTHON}/site-packages"
 MODEL_REPOSITORY_PREFIX = "nbdeploy-model-"
 MODELS_ROOT = "/models"
 USER_ID = 10001
@@ -110,6 +150,23 @@ ENTRYPOINT {_ENTRYPOINT}
 CMD []
 """
 
+# The user's wheels on top of the server's venv: installed (without their dependencies, which
+# pip already resolved into the wheelhouse) by a throwaway pip in a build stage, so the layer
+# holds only the installed packages.
+REQUIREMENTS_DOCKERFILE = f"""\
+FROM {{base}} AS wheels
+COPY wheels /wheels
+RUN python3 -m venv /opt/pip \\
+ && /opt/pip/bin/python -m pip install --no-index --find-links /wheels --no-cache-dir \\
+    --disable-pip-version-check --no-compile --no-deps --target /opt/site \\
+    -r /wheels/requirements.txt \\
+ && rm -rf /opt/site/bin \\
+ && (/opt/pip/bin/python -m compileall -q -j 0 -d {SITE_PACKAGES} /opt/site > /dev/null || true)
+
+FROM {{server}}
+COPY --from=wheels /opt/site {SITE_PACKAGES}
+"""
+
 MODEL_DOCKERFILE = """\
 FROM {server}
 COPY model {models_root}/{name}/{version}
@@ -124,8 +181,12 @@ def cache_dir() -> Path:
     return path
 
 
-def pinned_requirements(roots: tuple[str, ...] = SERVER_PACKAGES) -> list[str]:
-    """``name==version`` for the server packages and all they need, as installed on this host."""
+def pinned_requirements(
+    roots: Sequence[str] = SERVER_PACKAGES, markers: dict[str, str] | None = TARGET_MARKERS
+) -> list[str]:
+    """``name==version`` for the server packages (or ``roots``) and all they need, as
+    installed on this host; dependencies count when their markers hold for ``markers`` (the
+    image's environment; None: this interpreter's)."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
@@ -146,19 +207,21 @@ def pinned_requirements(roots: tuple[str, ...] = SERVER_PACKAGES) -> list[str]:
         pins[key] = dist.version
         for line in dist.requires or []:
             requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate(TARGET_MARKERS):
+            environment = markers if markers is not None else {"extra": ""}
+            if requirement.marker is None or requirement.marker.evaluate(environment):
                 pending.append(requirement.name)
     return [f"{name}=={version}" for name, version in sorted(pins.items())]
 
 
-def wheelhouse(progress: Progress | None = None) -> Path:
-    """A directory of the server's cp311 manylinux wheels and a ``requirements.txt``.
+def wheelhouse(progress: Progress | None = None, target: Target = IMAGE_TARGET) -> Path:
+    """A directory of the server's wheels (cp311 manylinux for the image) and a
+    ``requirements.txt``.
 
     Downloaded once per set of pinned versions from the package index and kept under
     ``cache_dir()/wheelhouse/<key>``; the directory appears only when complete.
     """
-    pins = pinned_requirements()
-    key = _digest(json.dumps([pins, PLATFORMS, TARGET_PYTHON]))[:16]
+    pins = pinned_requirements(markers=target.markers)
+    key = _digest(json.dumps([pins, list(target.platforms), target.python_version]))[:16]
     root = cache_dir() / "wheelhouse"
     final = root / key
     if (final / "requirements.txt").is_file():
@@ -169,9 +232,9 @@ def wheelhouse(progress: Progress | None = None) -> Path:
         emit(
             progress,
             "image",
-            f"downloading server wheels for Python {TARGET_PYTHON}: {' '.join(pins)}",
+            f"downloading server wheels for Python {target.python_version}: {' '.join(pins)}",
         )
-        _pip_download(pins, scratch, progress)
+        _pip_download(pins, scratch, progress, target=target)
         (scratch / "requirements.txt").write_text("\n".join(pins) + "\n")
         try:
             os.rename(scratch, final)
@@ -183,8 +246,133 @@ def wheelhouse(progress: Progress | None = None) -> Path:
     return final
 
 
-def _pip_download(pins: list[str], dest: Path, progress: Progress | None) -> None:
-    platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
+def requirements_wheelhouse(
+    requirements: Sequence[str], progress: Progress | None = None, target: Target = IMAGE_TARGET
+) -> Path:
+    """Wheels for a model's ``requirements`` and their dependencies, minus the server's, and a
+    ``requirements.txt`` pinning exactly those wheels.
+
+    pip resolves them for ``target`` with the server's pins as constraints (so a shared
+    dependency gets the server's version and no second copy), preferring the versions
+    installed here for the other dependencies (what the model was checked with); when those
+    cannot all be had for the target, pip chooses. Cached under
+    ``cache_dir()/requirements/<key>`` (key: the requirements, the server pins, the target).
+    """
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    wanted = sorted(dict.fromkeys(str(r) for r in requirements))
+    server = wheelhouse(progress, target)
+    server_pins = (server / "requirements.txt").read_text().split()
+    server_names = {canonicalize_name(pin.split("==")[0]) for pin in server_pins}
+    key = _digest(json.dumps([wanted, server_pins, list(target.platforms), target.python_version]))[
+        :16
+    ]
+    root = cache_dir() / "requirements"
+    final = root / key
+    if (final / "requirements.txt").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+    try:
+        # The server's wheels, already here, so pip takes them instead of downloading again.
+        for wheel in server.glob("*.whl"):
+            _link(wheel, scratch / wheel.name)
+        attempts = [server_pins + _installed_constraints(wanted, target), server_pins]
+        failure: DeployError | None = None
+        for constraints in dict.fromkeys(tuple(a) for a in attempts):
+            constraint_file = scratch / ".constraints.txt"
+            constraint_file.write_text("\n".join(constraints) + "\n")
+            emit(
+                progress,
+                "image",
+                f"downloading the model's wheels for Python {target.python_version}:"
+                f" {' '.join(wanted)}",
+            )
+            try:
+                _pip_download(
+                    wanted,
+                    scratch,
+                    progress,
+                    target=target,
+                    constraints=constraint_file,
+                    what="the model's requirements",
+                )
+            except DeployError as exc:
+                failure = exc
+                continue
+            failure = None
+            break
+        if failure is not None:
+            raise DeployError(
+                f"the model's requirements {wanted} cannot be installed next to the server's"
+                f" packages ({', '.join(server_pins)}) for Python {target.python_version}: "
+                f"{failure}"
+            )
+        pins = []
+        for wheel in sorted(scratch.glob("*.whl")):
+            name, version, _build, _tags = parse_wheel_filename(wheel.name)
+            if name in server_names:
+                wheel.unlink()
+            else:
+                pins.append(f"{name}=={version}")
+        (scratch / ".constraints.txt").unlink(missing_ok=True)
+        (scratch / "requirements.txt").write_text("\n".join(pins) + "\n")
+        try:
+            os.rename(scratch, final)
+        except OSError:
+            if not (final / "requirements.txt").is_file():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return final
+
+
+def _installed_constraints(requirements: Sequence[str], target: Target) -> list[str]:
+    """The installed versions of what the requirements need, for those pinned to the installed
+    version (the model was checked with exactly these); the requirements themselves excluded."""
+    from packaging.utils import canonicalize_name
+
+    roots, named = [], set()
+    for pin in requirements:
+        name, _, version = pin.partition("==")
+        named.add(canonicalize_name(name))
+        try:
+            if importlib.metadata.version(name) == version:
+                roots.append(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    try:
+        closure = pinned_requirements(roots, markers=target.markers) if roots else []
+    except DeployError:
+        return []
+    return [pin for pin in closure if canonicalize_name(pin.split("==")[0]) not in named]
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _pip_download(
+    pins: Sequence[str],
+    dest: Path,
+    progress: Progress | None,
+    *,
+    target: Target = IMAGE_TARGET,
+    constraints: Path | None = None,
+    what: str = "the server's wheels",
+) -> None:
+    platforms = [arg for platform in target.platforms for arg in ("--platform", platform)]
+    if platforms:
+        platforms = [
+            "--python-version",
+            target.python_version,
+            "--implementation",
+            "cp",
+            *platforms,
+        ]
     command = [
         sys.executable,
         "-m",
@@ -195,28 +383,13 @@ def _pip_download(pins: list[str], dest: Path, progress: Progress | None) -> Non
         "--progress-bar",
         "off",
         "--only-binary=:all:",
-        "--python-version",
-        TARGET_PYTHON,
-        "--implementation",
-        "cp",
         *platforms,
+        *(["--constraint", str(constraints)] if constraints is not None else []),
         "--dest",
         str(dest),
         *pins,
     ]
-    lines: deque[str] = deque(maxlen=20)
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line.rstrip())
-            emit(progress, "image", line.rstrip(), detail=True)
-    if proc.returncode != 0:
-        raise DeployError(
-            "could not download the server's wheels from the package index (pip download exited "
-            f"{proc.returncode}); last lines:\n" + "\n".join(lines)
-        )
+    _procs.run_logged(command, progress, f"could not download {what} from the package index")
 
 
 def base_image(client: Any = None) -> str:
@@ -296,15 +469,74 @@ def model_image_tag(name: str, version: int, sha256: str) -> str:
     return f"{MODEL_REPOSITORY_PREFIX}{slug}:{int(version)}-{sha256[:12]}"
 
 
+def ensure_requirements_image(
+    requirements: Sequence[str], progress: Progress | None = None, *, rebuild: bool = False
+) -> str:
+    """The tag of the server image plus one layer holding ``requirements`` (and what they
+    need beyond the server's packages), built only when no image for this content exists."""
+    server = ensure_server_image(progress)
+    house = requirements_wheelhouse(requirements, progress)
+    wheels = sorted(house.glob("*.whl"))
+    if not wheels:
+        return server
+    client = docker_client()
+    try:
+        base = base_image(client)
+        labels = {
+            "nbdeploy.managed": "true",
+            "nbdeploy.role": "requirements",
+            "nbdeploy.server": server,
+            "nbdeploy.requirements": " ".join(sorted(requirements)),
+        }
+        dockerfile = REQUIREMENTS_DOCKERFILE.replace("{base}", base).replace(
+            "{server}", server
+        ) + _label_line(labels)
+        key = _digest(json.dumps([server, [w.name for w in wheels], dockerfile]))[:16]
+        tag = f"{REQUIREMENTS_REPOSITORY}:{key}"
+        if not rebuild and _local_image(client, tag) is not None:
+            return tag
+        emit(
+            progress,
+            "image",
+            f"building the requirements layer {tag}: {' '.join(w.name for w in wheels)}",
+        )
+        with _context_tar() as (tar, context):
+            _add_bytes(tar, "Dockerfile", dockerfile.encode())
+            for wheel in wheels:
+                tar.add(str(wheel), arcname=f"wheels/{wheel.name}", filter=_normalize)
+            tar.add(
+                str(house / "requirements.txt"),
+                arcname="wheels/requirements.txt",
+                filter=_normalize,
+            )
+            tar.close()
+            _build(client, context, tag, progress, nocache=rebuild)
+        return tag
+    finally:
+        client.close()
+
+
 def build_model_image(
     model_dir: Path, name: str, version: int, sha256: str, progress: Progress | None = None
 ) -> str:
-    """The tag of an image serving ``model_dir`` as ``/models/<name>/<version>``."""
+    """The tag of an image serving ``model_dir`` as ``/models/<name>/<version>``.
+
+    A model with ``requirements`` (a Python model) is built on its requirements layer; a
+    Python model's ``model.pkl`` must still have the sha256 it was registered with.
+    """
     model_dir = Path(model_dir)
     check_name(name)
-    if not (model_dir / "model.onnx").is_file():
-        raise DeployError(f"expected a model version directory holding model.onnx; got {model_dir}")
-    server = ensure_server_image(progress)
+    files = inspect_model_dir(model_dir, sha256)
+    if files.format == "python" and files.python not in (None, TARGET_PYTHON):
+        raise DeployError(
+            f"{name} v{version} is a Python model pickled with Python {files.python}; the image"
+            f" runs Python {TARGET_PYTHON}, which cannot load its code: deploy it with"
+            " runtime='process', or export it from a Python 3.11 kernel"
+        )
+    if files.requirements:
+        server = ensure_requirements_image(files.requirements, progress)
+    else:
+        server = ensure_server_image(progress)
     tag = model_image_tag(name, version, sha256)
     client = docker_client()
     try:
@@ -320,6 +552,8 @@ def build_model_image(
             "nbdeploy.sha256": sha256,
             "nbdeploy.server": server,
         }
+        if files.format != "onnx":
+            labels["nbdeploy.format"] = files.format
         dockerfile = MODEL_DOCKERFILE.format(
             server=server, models_root=MODELS_ROOT, name=name, version=int(version)
         )

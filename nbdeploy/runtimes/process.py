@@ -3,14 +3,23 @@
 Each launch gets a run directory ``NBDEPLOY_HOME/run/<name>-v<version>-<port>/`` holding a
 one-model repository (a symlink to the version directory), the server's log and a small JSON
 pidfile, so a restarted kernel can find the server again and never kills a recycled pid.
+
+An ONNX model's server runs with this interpreter. A Python model's never does: it runs in a
+virtual environment made from the same wheelhouses as its image (the server's packages and the
+model's requirements, installed offline), cached under ``NBDEPLOY_CACHE/venvs/<key>`` by the
+pins it holds, with a copy of the server's sources (as in the image) as its only nbdeploy code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +30,15 @@ from nbdeploy.runtimes.base import (
     Runtime,
     RuntimeHandle,
     ensure_port_free,
+    inspect_model_dir,
     local_url,
     probe_ready,
 )
-from nbdeploy.vocabulary import ServerStatus
+from nbdeploy.vocabulary import Progress, ServerStatus, emit
 
 PIDFILE = "handle.json"
 LOGFILE = "server.log"
+VENV_COMPLETE = ".nbdeploy-complete"
 
 
 def run_root() -> Path:
@@ -37,26 +48,31 @@ def run_root() -> Path:
 
 
 class ProcessRuntime(Runtime):
-    """Run ``python -m nbdeploy.serve`` with this interpreter, in its own session."""
+    """Run ``python -m nbdeploy.serve`` in its own session: with this interpreter for an ONNX
+    model, in a virtual environment made for it for a Python model."""
 
     name = "process"
 
     def start(self, spec: LaunchSpec) -> RuntimeHandle:
         ensure_port_free(spec.port)
         model_dir = Path(spec.model_dir).resolve()
-        if not (model_dir / "model.onnx").is_file():
-            raise DeployError(
-                f"expected a model version directory holding model.onnx; got {model_dir}"
-            )
+        files = inspect_model_dir(model_dir, spec.sha256)
+        python = sys.executable
+        if files.format == "python":
+            python = str(python_environment(files.requirements, spec.progress))
         run_dir = run_root() / f"{spec.name}-v{spec.version}-{spec.port}"
         if run_dir.exists():
             shutil.rmtree(run_dir)
         repository = run_dir / "models"
         (repository / spec.name).mkdir(parents=True)
         (repository / spec.name / str(spec.version)).symlink_to(model_dir, target_is_directory=True)
+        if files.format == "python":
+            import_path = str(_server_sources(run_dir / "app"))
+        else:
+            import_path = str(Path(__file__).resolve().parents[2])
         log_path = run_dir / LOGFILE
         command = [
-            sys.executable,
+            python,
             "-m",
             "nbdeploy.serve",
             "--model-repository",
@@ -67,9 +83,10 @@ class ProcessRuntime(Runtime):
             str(spec.port),
             *spec.settings.server_args(),
         ]
-        spec.say(f"starting {spec.name} v{spec.version} as a local process on port {spec.port}")
+        where = "in its virtual environment" if files.format == "python" else "as a local process"
+        spec.say(f"starting {spec.name} v{spec.version} {where} on port {spec.port}")
         pid, started = _procs.spawn(
-            command, log_path=log_path, cwd=run_dir, env=_server_env(spec.token)
+            command, log_path=log_path, cwd=run_dir, env=_server_env(spec.token, import_path)
         )
         handle = RuntimeHandle(
             runtime=self.name,
@@ -110,14 +127,135 @@ class ProcessRuntime(Runtime):
         return "\n".join(lines[-tail:]) if tail > 0 else ""
 
 
-def _server_env(token: str | None) -> dict[str, str]:
-    """This environment, plus the token and an import path that finds this nbdeploy."""
+def _server_env(token: str | None, import_path: str) -> dict[str, str]:
+    """This environment, plus the token and an import path that finds the server's code."""
     env = dict(os.environ)
-    package_parent = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (import_path, env.get("PYTHONPATH")) if p)
     env["NBDEPLOY_TOKEN"] = token or ""
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def _server_sources(app: Path) -> Path:
+    """``app/nbdeploy/serve`` as in the image (next to an empty ``nbdeploy/__init__.py``), so a
+    virtual environment that has only the server's packages imports the server alone."""
+    from nbdeploy.runtimes.image import serve_sources
+
+    (app / "nbdeploy").mkdir(parents=True, exist_ok=True)
+    (app / "nbdeploy" / "__init__.py").write_text("")
+    for relative, data in serve_sources().items():
+        target = app / "nbdeploy" / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return app
+
+
+def python_environment(requirements: Sequence[str], progress: Progress | None = None) -> Path:
+    """The Python of a virtual environment holding the server's packages and ``requirements``
+    (and their dependencies), installed offline from the wheelhouses the image is built from.
+
+    Layered like the image: one environment with the server's packages, shared by every Python
+    model, and one per set of requirements on top of it (a ``.pth`` file puts the server's
+    ``site-packages`` on its path; ``pip check`` confirms every dependency is met). Each is
+    made once under ``cache_dir()/venvs/<key>`` (a lock serialises concurrent launches; a
+    marker file says it is complete) and reused by every launch that needs it.
+    """
+    from nbdeploy.runtimes.image import cache_dir, host_target, requirements_wheelhouse, wheelhouse
+
+    target = host_target()
+    server = wheelhouse(progress, target)
+    extra = requirements_wheelhouse(requirements, progress, target)
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    root = cache_dir() / "venvs"
+    root.mkdir(parents=True, exist_ok=True)
+    server_pins = (server / "requirements.txt").read_text().split()
+    extra_pins = (extra / "requirements.txt").read_text().split()
+    server_env = _environment(
+        root,
+        ["server", sorted(server_pins), base, sys.version],
+        progress,
+        lambda env: _pip(
+            env, ["-r", str(server / "requirements.txt"), "--find-links", str(server)], progress
+        ),
+    )
+
+    def on_server(env: Path) -> None:
+        (_site_packages(env) / "_nbdeploy_server.pth").write_text(f"{_site_packages(server_env)}\n")
+        _pip(
+            env,
+            ["--no-deps", "--find-links", str(extra), "-r", str(extra / "requirements.txt")],
+            progress,
+        )
+        _run(
+            [sys.executable, "-m", "pip", "--python", str(env / "bin" / "python"), "check"],
+            progress,
+        )
+
+    model_env = _environment(
+        root, ["model", server_env.name, sorted(extra_pins)], progress, on_server
+    )
+    return model_env / "bin" / "python"
+
+
+def _environment(root: Path, identity: list[Any], progress: Progress | None, fill: Any) -> Path:
+    """``root/<key>``: a virtual environment without pip, filled by ``fill`` once."""
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+    venv = root / key
+    if (venv / VENV_COMPLETE).is_file():
+        return venv
+    with _locked(root / f".{key}.lock"):
+        if (venv / VENV_COMPLETE).is_file():
+            return venv
+        shutil.rmtree(venv, ignore_errors=True)
+        emit(progress, "image", f"creating a virtual environment for the {identity[0]}: {venv}")
+        try:
+            _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], progress)
+            fill(venv)
+        except BaseException:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise
+        (venv / VENV_COMPLETE).write_text(json.dumps(identity, indent=1) + "\n")
+    return venv
+
+
+def _site_packages(venv: Path) -> Path:
+    found = sorted(venv.glob("lib/python*/site-packages"))
+    if not found:
+        raise DeployError(f"the virtual environment {venv} has no site-packages directory")
+    return found[0]
+
+
+def _pip(venv: Path, arguments: list[str], progress: Progress | None) -> None:
+    """Install offline into ``venv`` with this interpreter's pip."""
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--no-index",
+            *arguments,
+        ],
+        progress,
+    )
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run(command: list[str], progress: Progress | None) -> None:
+    _procs.run_logged(command, progress, "creating the model's virtual environment failed")
 
 
 def _run_dir(handle: RuntimeHandle) -> Path | None:

@@ -35,6 +35,8 @@ from .errors import ClientError, bad_request, not_found
 from .protocol import DATATYPES, ONNX_DATATYPES, RequestedOutput, check_scores, classify
 
 MODEL_FILE = "model.onnx"
+PICKLE_FILE = "model.pkl"  # a Python model's file, served by nbdeploy.serve.python_model
+TOKENIZER_FILE = "tokenizer.json"  # a text model's tokenizer, used by nbdeploy.serve.text
 METADATA_FILE = "nbdeploy.json"
 PLATFORM = "onnxruntime_onnx"
 
@@ -359,7 +361,7 @@ def discover(root: Path) -> dict[str, dict[int, Path]]:
             name = version_dir.name
             if not (name.isdigit() and name == str(int(name))):
                 continue
-            if (version_dir / MODEL_FILE).is_file():
+            if (version_dir / MODEL_FILE).is_file() or (version_dir / PICKLE_FILE).is_file():
                 versions[int(name)] = version_dir
         if versions:
             found[model_dir.name] = versions
@@ -382,6 +384,78 @@ def check_default_version(found: dict[str, dict[int, Path]], default_version: in
         )
 
 
+class PythonModelVersion(ModelVersion):
+    """A Python model (``model.pkl``): ``nbdeploy.serve.python_model.PythonModel`` stands
+    where the onnxruntime session stands, so requests are checked, batched and classified
+    exactly like an ONNX model's. Loading refuses a file whose sha256 differs from the one
+    recorded at registration; batching is on only for a callable exported as batch-safe.
+    """
+
+    @classmethod
+    def load(cls, name: str, version: int, directory: Path, threads: int) -> PythonModelVersion:
+        from .python_model import LoadError, PythonModel  # cloudpickle only for Python models
+
+        try:
+            callable_model = PythonModel.load(name, version, directory)
+        except LoadError as exc:
+            raise RepositoryError(str(exc)) from exc
+        extras = {**_read_extras(directory), **callable_model.extras}
+        served = {output[0] for output in callable_model.outputs}
+        if isinstance(extras.get("outputs"), dict):
+            extras["outputs"] = {k: v for k, v in extras["outputs"].items() if k in served}
+        return cls(
+            name,
+            version,
+            directory,
+            callable_model,
+            [TensorInfo(*spec) for spec in callable_model.inputs],
+            [TensorInfo(*spec) for spec in callable_model.outputs],
+            extras,
+        )
+
+    def metadata(self, versions: list[int], batching: dict[str, Any]) -> dict[str, Any]:
+        return {**super().metadata(versions, batching), "platform": self.session.platform}
+
+    def warm_up(self) -> None:
+        from .python_model import LoadError
+
+        try:
+            self.session.warm_up()
+        except LoadError as exc:
+            raise RepositoryError(str(exc)) from exc
+        self.batchable = self.session.batchable
+
+
+class TextModelVersion(ModelVersion):
+    """Raw text in (``tokenizer.json`` beside the graph): ``nbdeploy.serve.text.TextSession``
+    stands where the onnxruntime session stands and tokenizes the ``text`` BYTES tensor
+    before the graph runs, so requests are checked, batched and classified like any model's.
+    Without server tokenization recorded in ``nbdeploy.json`` the graph is served as is.
+    """
+
+    @classmethod
+    def load(cls, name: str, version: int, directory: Path, threads: int) -> ModelVersion:
+        from .text import TextLoadError, TextSession, read_tokenization  # tokenizers lazily
+
+        graph = ModelVersion.load(name, version, directory, threads)
+        if read_tokenization(directory) is None:
+            log.warning(
+                "%s v%d: %s beside the model but no server tokenization recorded; serving"
+                " the graph's own inputs",
+                name,
+                version,
+                TOKENIZER_FILE,
+            )
+            return graph
+        try:
+            session = TextSession.load(directory, graph.session, f"{name} v{version}")
+        except TextLoadError as exc:
+            raise RepositoryError(str(exc)) from exc
+        extras = {**graph.extras, "tokenization": session.summary}
+        inputs = [TensorInfo(*session.input)]
+        return cls(name, version, directory, session, inputs, graph.outputs, extras)
+
+
 def load_repository(
     found: dict[str, dict[int, Path]], threads: int, default_version: int | None
 ) -> Repository:
@@ -393,7 +467,12 @@ def load_repository(
         models[name] = {}
         for version, directory in sorted(versions.items()):
             started = time.perf_counter()
-            model = ModelVersion.load(name, version, directory, threads)
+            if (directory / PICKLE_FILE).is_file():
+                model = PythonModelVersion.load(name, version, directory, threads)
+            elif (directory / TOKENIZER_FILE).is_file():
+                model = TextModelVersion.load(name, version, directory, threads)
+            else:
+                model = ModelVersion.load(name, version, directory, threads)
             model.warm_up()
             models[name][version] = model
             log.info(
