@@ -15,6 +15,7 @@ from nbdeploy.endpoint import Endpoint
 from nbdeploy.vocabulary import (
     AUTO_CANDIDATES,
     DeploymentView,
+    Fallback,
     Progress,
     QuantizeChoice,
     QuantizeMode,
@@ -36,15 +37,27 @@ def export(
     atol: float = 1e-4,
     rtol: float = 1e-3,
     opset: int | None = None,
+    tokenizer: Any = None,
 ) -> ModelArtifact:
-    """Export a torch / Keras / TensorFlow / scikit-learn / ONNX model to ONNX, checked on ``sample``.
+    """Export a torch / Keras / TensorFlow / scikit-learn / XGBoost / LightGBM / transformers /
+    ONNX model to ONNX, checked on ``sample``.
 
     The returned artifact records its signature and its parity with the original; an export
-    beyond ``atol``/``rtol`` raises :class:`ParityError` showing the numbers.
+    beyond ``atol``/``rtol`` raises :class:`ParityError` showing the numbers. ``tokenizer`` (a
+    fast Hugging Face tokenizer) makes a text model's artifact take raw strings.
     """
     from nbdeploy.exporters import export_model
 
-    return export_model(model, sample, name=name, labels=labels, atol=atol, rtol=rtol, opset=opset)
+    return export_model(
+        model,
+        sample,
+        name=name,
+        labels=labels,
+        atol=atol,
+        rtol=rtol,
+        opset=opset,
+        tokenizer=tokenizer,
+    )
 
 
 def quantize(
@@ -148,6 +161,10 @@ def deploy(
     port: int | None = None,
     auth: bool = True,
     calibration: Any = None,
+    tokenizer: Any = None,
+    fallback: Fallback | None = None,
+    requirements: Sequence[str] | None = None,
+    batch_safe: bool = False,
     max_batch_size: int = 32,
     max_queue_delay_ms: float = 2.0,
     batching: bool = True,
@@ -158,7 +175,12 @@ def deploy(
 ) -> Endpoint:
     """Export/quantize as asked, register a version and serve it as a local V2 endpoint.
 
-    ``model`` is a framework model (with ``sample``), a ModelArtifact, or an ``.onnx`` path.
+    ``model`` is a framework model (with ``sample``), a ModelArtifact, an ``.onnx`` path, or a
+    Python callable (a function, or an object with ``predict`` / ``predict_proba``), which is
+    served as a Python model with its ``requirements`` (detected and pinned when None);
+    ``batch_safe`` lets the server merge concurrent requests into one call of it.
+    ``fallback="python"`` serves a framework model that way when its ONNX export fails.
+    ``tokenizer`` (a fast Hugging Face tokenizer) makes a text model take raw strings.
     Deploying an existing name is a blue-green switch: the new version serves before the old
     one stops. ``max_batch_size``, ``max_queue_delay_ms``, ``batching``, ``cpus`` and
     ``memory`` tune the server; ``progress`` receives a ProgressEvent per step.
@@ -182,6 +204,10 @@ def deploy(
         port=port,
         auth=auth,
         calibration=calibration,
+        tokenizer=tokenizer,
+        fallback=fallback,
+        requirements=requirements,
+        batch_safe=batch_safe,
         settings=settings,
         timeout=timeout,
         progress=progress,

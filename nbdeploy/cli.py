@@ -56,7 +56,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-LIST_COLUMNS = ("name", "version", "runtime", "status", "url", "p50_ms", "created_at")
+LIST_COLUMNS = ("name", "version", "runtime", "format", "status", "url", "p50_ms", "created_at")
 
 
 def _print_stage(event: ProgressEvent) -> None:

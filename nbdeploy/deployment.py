@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from nbdeploy import _format
-from nbdeploy._errors import DeployError, NbdeployError
+from nbdeploy._errors import DeployError, ExportError, InputError, NbdeployError
 from nbdeploy.artifact import ModelArtifact
 from nbdeploy.repository import ModelRepository
 from nbdeploy.runtimes import LaunchSpec, Runtime, RuntimeHandle, get_runtime
@@ -22,8 +22,10 @@ from nbdeploy.runtimes.base import ensure_port_free, free_port, local_url
 from nbdeploy.store import Store
 from nbdeploy.vocabulary import (
     AUTO_CANDIDATES,
+    FALLBACKS,
     QUANTIZE_CHOICES,
     Deployment,
+    Fallback,
     Progress,
     QuantizeChoice,
     ServerSettings,
@@ -41,21 +43,38 @@ def prepare_artifact(
     quantize: QuantizeChoice | None = None,
     calibration: Any = None,
     labels: Sequence[str] | None = None,
+    tokenizer: Any = None,
+    fallback: Fallback | None = None,
+    requirements: Sequence[str] | None = None,
+    batch_safe: bool = False,
     progress: Progress | None = None,
 ) -> tuple[ModelArtifact, dict[str, Any] | None]:
     """Export (unless given an artifact) and quantize as asked; return what to serve.
 
     Returns the chosen artifact and, when variants were benchmarked to choose, that report.
     """
-    from nbdeploy.exporters import as_artifact
     from nbdeploy.optimize import quantize_variants
 
     quantize = check_choice(quantize or "none", QUANTIZE_CHOICES, "quantize")
+    if fallback is not None:
+        check_choice(fallback, FALLBACKS, "fallback")
     artifact = ModelArtifact.find(model)
     if artifact is None:
-        emit(progress, "export", "converting to ONNX and checking parity")
-        artifact = as_artifact(model, sample, name=name, labels=labels)
-        emit(progress, "export", f"done ({artifact.parity or 'no parity check: ONNX input'})")
+        artifact = _export(
+            model,
+            sample,
+            name=name,
+            labels=labels,
+            tokenizer=tokenizer,
+            fallback=fallback,
+            requirements=requirements,
+            batch_safe=batch_safe,
+            progress=progress,
+        )
+    if artifact.metadata.get("format") == "python" and quantize != "none":
+        raise InputError(
+            f"quantize={quantize!r} needs an ONNX model; a Python model is served as is"
+        )
     artifact = _with_serving_metadata(artifact, sample=sample, labels=labels)
     if quantize == "none":
         return artifact, None
@@ -86,6 +105,54 @@ def prepare_artifact(
     chosen = select_auto(artifact, variants, report.latency_ms(batch_size=1))
     emit(progress, "quantize", f"auto picked {chosen.variant}")
     return _with_variants(chosen, considered), report.to_dict()
+
+
+def _export(
+    model: Any,
+    sample: Any,
+    *,
+    name: str | None,
+    labels: Sequence[str] | None,
+    tokenizer: Any,
+    fallback: Fallback | None,
+    requirements: Sequence[str] | None,
+    batch_safe: bool,
+    progress: Progress | None,
+) -> ModelArtifact:
+    """ONNX when an exporter knows the model; the Python path for plain callables, and for
+    framework models whose export failed when ``fallback="python"`` was asked for."""
+    from nbdeploy.exporters import as_artifact, framework_of
+    from nbdeploy.exporters._python import export_python, is_python_model
+
+    def as_python(reason: str) -> ModelArtifact:
+        emit(progress, "export", f"serving the model object itself as a Python model ({reason})")
+        return export_python(
+            model,
+            sample,
+            name=name,
+            labels=labels,
+            requirements=requirements,
+            batch_safe=batch_safe,
+        )
+
+    try:
+        framework_of(model)
+    except ExportError:
+        if not is_python_model(model):
+            raise
+        return as_python("no ONNX exporter takes it")
+    emit(progress, "export", "converting to ONNX and checking parity")
+    try:
+        artifact = as_artifact(model, sample, name=name, labels=labels, tokenizer=tokenizer)
+    except ExportError as exc:
+        if fallback != "python":
+            raise type(exc)(
+                f"{_format.first_line(exc)}; to serve the model object itself instead, pass"
+                " fallback='python' (%deploy --python)"
+            ) from exc
+        return as_python(f"ONNX export failed: {_format.first_line(exc)}")
+    emit(progress, "export", f"done ({artifact.parity or 'no parity check: ONNX input'})")
+    return artifact
 
 
 def _with_serving_metadata(
@@ -123,6 +190,10 @@ def deploy(
     port: int | None = None,
     auth: bool = True,
     calibration: Any = None,
+    tokenizer: Any = None,
+    fallback: Fallback | None = None,
+    requirements: Sequence[str] | None = None,
+    batch_safe: bool = False,
     settings: ServerSettings | None = None,
     timeout: float = 120.0,
     progress: Progress | None = None,
@@ -140,6 +211,10 @@ def deploy(
         quantize=quantize,
         calibration=calibration,
         labels=labels,
+        tokenizer=tokenizer,
+        fallback=fallback,
+        requirements=requirements,
+        batch_safe=batch_safe,
         progress=progress,
     )
     registered = ModelRepository().register(artifact, name=name, benchmark=report)

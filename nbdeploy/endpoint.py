@@ -147,6 +147,7 @@ class Endpoint:
             name=self.name,
             version=self.version,
             runtime=self.runtime,
+            format=artifact.metadata.get("format", "onnx") if artifact else "onnx",
             state=self.record.state,
             status=self.status,
             url=self.url,

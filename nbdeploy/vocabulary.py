@@ -34,6 +34,14 @@ RUNTIME_KINDS: tuple[RuntimeKind, ...] = get_args(RuntimeKind)
 RuntimeChoice = Literal["auto", "docker", "process"]
 RUNTIME_CHOICES: tuple[str, ...] = ("auto", *RUNTIME_KINDS)
 
+Fallback = Literal["python"]
+"""What ``deploy(fallback=...)`` does when ONNX export fails: serve the model object itself."""
+FALLBACKS: tuple[Fallback, ...] = get_args(Fallback)
+
+ModelFormat = Literal["onnx", "python"]
+"""How a served version runs: an ONNX graph in onnxruntime, or a pickled Python callable."""
+MODEL_FORMATS: tuple[ModelFormat, ...] = get_args(ModelFormat)
+
 DeploymentState = Literal["starting", "active", "retired", "failed"]
 """The store's word for a deployment: launched but not ready, serving, stopped, never served."""
 DEPLOYMENT_STATES: tuple[DeploymentState, ...] = get_args(DeploymentState)
@@ -148,6 +156,7 @@ class DeploymentView:
     name: str
     version: int
     runtime: str
+    format: str
     state: str
     status: str
     url: str

@@ -9,6 +9,7 @@ export interface IDeployment {
   name: string;
   version: number;
   runtime: string;
+  format: string;
   state: string;
   status: string;
   url: string;

@@ -152,7 +152,7 @@ export class DeploymentsPanel extends Widget {
       dot,
       name,
       element('span', 'nbdeploy-meta', `v${row.version}`),
-      element('span', 'nbdeploy-meta', row.runtime),
+      element('span', 'nbdeploy-meta', `${row.runtime} · ${row.format}`),
       element('span', 'nbdeploy-meta nbdeploy-p50', formatMs(row.p50_ms))
     );
 

@@ -172,6 +172,21 @@ class DeployMagic(Magics):
         help="open the endpoint's demo page (default: DeployMagic.demo)",
     )
     @argument("--labels", metavar="EXPR", help="class names for the outputs, e.g. class_names")
+    @argument(
+        "--tokenizer",
+        metavar="EXPR",
+        help="a fast Hugging Face tokenizer: the endpoint then takes raw text, e.g. tok",
+    )
+    @argument(
+        "--python",
+        action="store_true",
+        help="when ONNX export fails, serve the model object itself as a Python model",
+    )
+    @argument(
+        "--requirements",
+        metavar="EXPR",
+        help="a Python model's packages, e.g. \"['scikit-learn']\" (default: detected, pinned)",
+    )
     @argument("--port", type=int, help="port on 127.0.0.1 (default: a free one)")
     @argument(
         "--auth",
@@ -191,6 +206,8 @@ class DeployMagic(Magics):
             model = evaluate(model_text, self.namespace, what="MODEL")
             sample = self._expression(args.sample, "--sample")
             labels = self._expression(args.labels, "--labels")
+            tokenizer = self._expression(args.tokenizer, "--tokenizer")
+            requirements = self._expression(args.requirements, "--requirements")
             quantize = args.quantize or self.default_quantize
             progress = ProgressReporter(self.rich)
             endpoint = api.deploy(
@@ -200,6 +217,9 @@ class DeployMagic(Magics):
                 quantize=None if quantize == "none" else quantize,
                 runtime=args.runtime or self.runtime,
                 labels=labels,
+                tokenizer=tokenizer,
+                fallback="python" if args.python else None,
+                requirements=requirements,
                 port=args.port,
                 auth=self.auth if args.auth is None else args.auth,
                 progress=progress,

@@ -423,7 +423,7 @@ class DeploySummary:
         return "\n".join(lines)
 
 
-DEPLOYMENT_HEADERS = ("name", "version", "runtime", "status", "url", "created")
+DEPLOYMENT_HEADERS = ("name", "version", "runtime", "format", "status", "url", "created")
 
 
 @dataclass
@@ -445,6 +445,7 @@ class DeploymentTable:
                 row.name,
                 str(row.version),
                 row.runtime,
+                row.format,
                 row.status,
                 row.infer_url.removesuffix("/infer"),
                 row.created_at[:19],
