@@ -108,3 +108,11 @@ def test_tabular_pipeline(run_notebook):
     assert "DemoServer(name='example-tabular-pipeline', url='http://127.0.0.1:" in text
     spec = demo_spec(ModelRepository().get("example-tabular-pipeline"))
     assert "mean radius" in json.dumps(spec) and "medium" in json.dumps(spec)
+
+
+def test_text_and_python_models(run_notebook):
+    notebook = run_notebook("text_and_python_models.ipynb")
+    text = text_of(notebook)
+    assert "text BYTES -> ['negative', 'positive']" in text
+    assert "endpoint says: ['positive', 'negative']" in text
+    assert "python ['positive', 'negative']" in text
