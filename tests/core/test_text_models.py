@@ -315,3 +315,28 @@ def test_a_text_model_is_benchmarked_from_raw_text_with_its_tokenizer():
     report = nbd.benchmark(artifact, built.texts[:4], batch_sizes=(1, 4), time_budget_s=0.2)
     rows = [row for row in report.results if row.engine == "onnxruntime"]
     assert [row.batch_size for row in rows] == [1, 4] and all(row.ok for row in rows)
+
+
+@pytest.mark.docker
+def test_a_text_model_serves_raw_text_from_its_container(monkeypatch):
+    import nbdeploy as nbd
+    from nbdeploy.runtimes import docker_available
+    from tests.helpers.text import sentiment
+
+    if not docker_available():
+        pytest.skip("no Docker engine answers: run scripts/docker-engine.sh")
+    monkeypatch.setenv("NBDEPLOY_DOCKER_NETWORK", "host")
+    built = sentiment()
+    endpoint = nbd.deploy(
+        built.model, built.texts, tokenizer=built.tokenizer, name="docker-text", runtime="docker"
+    )
+    try:
+        assert endpoint.runtime == "docker" and endpoint.status == "running"
+        texts = ["the movie was great.", "I thought the food was awful!"]
+        from transformers import pipeline
+
+        classify = pipeline("text-classification", model=built.model, tokenizer=built.tokenizer)
+        labels = [endpoint.artifact.labels[i] for i in endpoint.predict(texts).argmax(axis=1)]
+        assert labels == [answer["label"] for answer in classify(texts)]
+    finally:
+        endpoint.stop()
