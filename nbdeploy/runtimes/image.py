@@ -236,11 +236,7 @@ def wheelhouse(progress: Progress | None = None, target: Target = IMAGE_TARGET) 
         )
         _pip_download(pins, scratch, progress, target=target)
         (scratch / "requirements.txt").write_text("\n".join(pins) + "\n")
-        try:
-            os.rename(scratch, final)
-        except OSError:
-            if not (final / "requirements.txt").is_file():
-                raise
+        _publish(scratch, final)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return final
@@ -317,11 +313,7 @@ def requirements_wheelhouse(
                 pins.append(f"{name}=={version}")
         (scratch / ".constraints.txt").unlink(missing_ok=True)
         (scratch / "requirements.txt").write_text("\n".join(pins) + "\n")
-        try:
-            os.rename(scratch, final)
-        except OSError:
-            if not (final / "requirements.txt").is_file():
-                raise
+        _publish(scratch, final)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return final
@@ -664,3 +656,12 @@ def _add_bytes(tar: tarfile.TarFile, arcname: str, data: bytes) -> None:
 
 def _digest(data: str | bytes) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def _publish(scratch: Path, final: Path) -> None:
+    """Rename a filled wheelhouse into place; another process that got there first wins."""
+    try:
+        os.rename(scratch, final)
+    except OSError:
+        if not (final / "requirements.txt").is_file():
+            raise

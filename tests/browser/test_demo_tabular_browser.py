@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from nbdeploy import _demo_template as page_code
-from tests.helpers.browser import chromium_context, chromium_missing
+from tests.helpers.browser import chromium_context, chromium_missing, predict
 from tests.helpers.demo import ARTIFACTS, nbdeploy_home
 from tests.helpers.tabular_demo import deploy_case, deploy_softmax_iris, endpoint_answer
 
@@ -74,22 +74,6 @@ def fill_with_example(page: Any, number: int, first_value: Any) -> None:
         "(want) => document.querySelector('.nbd-feature input').value === want",
         arg=expected,
         timeout=PAGE_TIMEOUT_MS,
-    )
-
-
-def predict(page: Any) -> tuple[str, str]:
-    """Press Predict; the label and the percentage of the new answer."""
-    before = page.locator(".nbd-output").inner_html()
-    page.locator("button.nbd-predict").click()
-    page.wait_for_function(
-        "(before) => { const out = document.querySelector('.nbd-output');"
-        " return out.innerHTML !== before && out.querySelector('.nbd-top1-p') !== null; }",
-        arg=before,
-        timeout=PAGE_TIMEOUT_MS,
-    )
-    return (
-        page.locator(".nbd-output .nbd-top1").inner_text().strip(),
-        page.locator(".nbd-output .nbd-top1-p").inner_text().strip(),
     )
 
 

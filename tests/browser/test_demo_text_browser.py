@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from nbdeploy import _demo_template as page_code
-from tests.helpers.browser import chromium_context, chromium_missing
+from tests.helpers.browser import chromium_context, chromium_missing, predict
 from tests.helpers.demo import ARTIFACTS, nbdeploy_home
 
 pytestmark = [
@@ -64,22 +64,6 @@ def endpoint_answer(endpoint: Any, text: str) -> tuple[str, float]:
     probabilities /= probabilities.sum()
     top = int(probabilities.argmax())
     return LABELS[top], float(probabilities[top])
-
-
-def predict(page: Any) -> tuple[str, str]:
-    """Press Predict; the label and the percentage of the new answer."""
-    before = page.locator(".nbd-output").inner_html()
-    page.locator("button.nbd-predict").click()
-    page.wait_for_function(
-        "(before) => { const out = document.querySelector('.nbd-output');"
-        " return out.innerHTML !== before && out.querySelector('.nbd-top1-p') !== null; }",
-        arg=before,
-        timeout=PAGE_TIMEOUT_MS,
-    )
-    return (
-        page.locator(".nbd-output .nbd-top1").inner_text().strip(),
-        page.locator(".nbd-output .nbd-top1-p").inner_text().strip(),
-    )
 
 
 def test_the_text_box_shows_the_endpoints_label_and_probability(demo):

@@ -60,3 +60,19 @@ def chromium_context(width: int = 1100, height: int = 900) -> Iterator[Any]:
                 context.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def predict(page: Any, timeout_ms: int = 120_000) -> tuple[str, str]:
+    """Press a demo page's Predict; the top label and its percentage of the new answer."""
+    before = page.locator(".nbd-output").inner_html()
+    page.locator("button.nbd-predict").click()
+    page.wait_for_function(
+        "(before) => { const out = document.querySelector('.nbd-output');"
+        " return out.innerHTML !== before && out.querySelector('.nbd-top1-p') !== null; }",
+        arg=before,
+        timeout=timeout_ms,
+    )
+    return (
+        page.locator(".nbd-output .nbd-top1").inner_text().strip(),
+        page.locator(".nbd-output .nbd-top1-p").inner_text().strip(),
+    )
