@@ -32,6 +32,7 @@ from nbdeploy.vocabulary import (
     check_choice,
     check_name,
     emit,
+    session_owner,
 )
 
 
@@ -252,6 +253,7 @@ def launch(
         port=port,
         token=token,
         settings=settings,
+        owner=session_owner(),
     )
     spec = LaunchSpec(
         name=name,

@@ -150,6 +150,7 @@ class Endpoint:
             format=artifact.metadata.get("format", "onnx") if artifact else "onnx",
             state=self.record.state,
             status=self.status,
+            owner=self.record.owner,
             url=self.url,
             infer_url=self.record.infer_url,
             proxy_path=f"{PROXY_PREFIX}/{self.name}/",

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS deployments (
     token       TEXT,
     handle      TEXT    NOT NULL DEFAULT '{}',
     settings    TEXT    NOT NULL DEFAULT '{}',
+    owner       TEXT    NOT NULL DEFAULT '',
     created_at  TEXT    NOT NULL,
     updated_at  TEXT    NOT NULL
 );
@@ -56,7 +57,9 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 # Columns added after a store was first created, with their definition, for older files.
-ADDED_COLUMNS = {"deployments": {"settings": "TEXT NOT NULL DEFAULT '{}'"}}
+ADDED_COLUMNS = {
+    "deployments": {"settings": "TEXT NOT NULL DEFAULT '{}'", "owner": "TEXT NOT NULL DEFAULT ''"}
+}
 
 
 def now() -> str:
@@ -148,12 +151,14 @@ class Store:
         token: str | None = None,
         handle: dict[str, Any] | None = None,
         settings: ServerSettings | None = None,
+        owner: str = "",
     ) -> int:
         stamp = now()
         with self.transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO deployments (name, version, runtime, state, url, port, token, handle,"
-                " settings, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " settings, owner, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
                     version,
@@ -164,6 +169,7 @@ class Store:
                     token,
                     json.dumps(handle or {}),
                     json.dumps((settings or ServerSettings()).to_dict()),
+                    owner,
                     stamp,
                     stamp,
                 ),
@@ -271,6 +277,7 @@ def _record(row: dict[str, Any]) -> Deployment:
         token=row["token"] or None,
         handle=handle,
         settings=ServerSettings.from_dict(settings),
+        owner=row.get("owner") or "",
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )

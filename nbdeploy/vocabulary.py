@@ -140,6 +140,8 @@ class Deployment:
     token: str | None = None
     handle: dict[str, Any] = field(default_factory=dict)
     settings: ServerSettings = field(default_factory=ServerSettings)
+    owner: str = ""
+    """Who deployed it (see :func:`session_owner`): a kernel or process on a host."""
     created_at: str = ""
     updated_at: str = ""
 
@@ -159,6 +161,7 @@ class DeploymentView:
     format: str
     state: str
     status: str
+    owner: str
     url: str
     infer_url: str
     proxy_path: str
@@ -170,6 +173,25 @@ class DeploymentView:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def session_owner() -> str:
+    """This session's name for the deployments it makes: the Jupyter kernel's id when the
+    process is a kernel (its connection file names it), else the process; with the host."""
+    import os
+    import socket
+    import sys
+
+    kernel = next(
+        (
+            arg.rsplit("kernel-", 1)[1].removesuffix(".json")
+            for arg in sys.argv
+            if "kernel-" in arg and arg.endswith(".json")
+        ),
+        None,
+    )
+    who = f"kernel {kernel}" if kernel else f"process {os.getpid()}"
+    return f"{who} on {socket.gethostname()}"
 
 
 # ------------------------------------------------------------------------------- progress

@@ -12,6 +12,7 @@ export interface IDeployment {
   format: string;
   state: string;
   status: string;
+  owner: string;
   url: string;
   infer_url: string;
   proxy_path: string;
