@@ -4,6 +4,8 @@ prints the same in the magic, the panel, the CLI, the benchmark report and the R
 from __future__ import annotations
 
 import math
+import re
+import tempfile
 from collections.abc import Sequence
 
 MAX_REASON = 300
@@ -65,3 +67,32 @@ def text_table(
         ).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+_ORT_PREFIX = re.compile(r"(?:\b[A-Z]\w*: )?\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+_ORT_NOISE = re.compile(
+    r"Load model from \S+ failed:\s*|This is an invalid model\.\s*|(?:Type|Node) Error:\s*"
+    r"|Non-zero status code returned while running \w+ node\. Name:'[^']*' Status Message:\s*"
+)
+
+
+def _temp_path() -> re.Pattern[str]:
+    roots = sorted({tempfile.gettempdir().rstrip("/"), "/tmp", "/var/tmp"}, key=len, reverse=True)
+    return re.compile(rf"(?:{'|'.join(map(re.escape, roots))})/(?:\S*/)?([^/\s:]+)")
+
+
+def reason(exc: BaseException | str, *, cause: bool = False, with_type: bool = False) -> str:
+    """One readable sentence for a failure, for variant and benchmark notes: onnxruntime's
+    ``[ONNXRuntimeError] : N : CODE :`` prefix and its boilerplate go, and temporary paths
+    (``/tmp/nbdeploy-quantize-x/fp16.onnx``) shrink to their file name. ``with_type`` keeps the
+    exception's class name for errors that are not onnxruntime's."""
+    text = exc if isinstance(exc, str) else first_line(exc, cause=cause)
+    from_ort = "[ONNXRuntimeError]" in text
+    text = _ORT_NOISE.sub("", _ORT_PREFIX.sub("", text)).replace(" in node ()", "")
+    text = _temp_path().sub(r"\1", text)
+    text = " ".join(text.split())
+    if from_ort:
+        text = text.split(". ", 1)[0].rstrip(".") + "."
+    elif with_type and not isinstance(exc, str):
+        text = f"{type(exc).__name__}: {text}"
+    return text[:MAX_REASON]

@@ -12,6 +12,7 @@ import html
 import os
 import platform
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ from nbdeploy.artifact import ModelArtifact
 
 MAX_RUNS = 10_000
 MIN_RUNS_UNDER_BUDGET = 3
+PLOT_LABEL_WIDTH = 24
+"""Target labels on the benchmark plot wrap at this many characters."""
 EAGER_DISTRIBUTIONS = {"sklearn": "scikit-learn"}
 
 
@@ -165,45 +168,62 @@ class BenchmarkReport:
     def plot(self) -> Any:
         """A matplotlib Figure: median latency per target, p99 whisker and p90 mark, per batch size.
 
+        The machine it was measured on is captioned once, above the panels; the legend sits
+        below them (outside every axes, so it never hides a whisker); long target labels wrap.
         Built on ``matplotlib.figure.Figure`` directly, so it touches no pyplot global state and
         works under any backend (notebooks display it; ``fig.savefig`` writes it).
         """
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         measured = [r for r in self.results if r.ok and r.p50_ms is not None]
         batch_sizes = sorted({r.batch_size for r in measured}) or [1]
         labels = list(dict.fromkeys(_plot_label(r) for r in measured))
-        fig = Figure(figsize=(4.8 * len(batch_sizes), 1.6 + 0.45 * max(len(labels), 1)))
+        lines = sum(label.count("\n") + 1 for label in labels) or 1
+        fig = Figure(
+            figsize=(max(5.2, 4.4 * len(batch_sizes)), 2.0 + 0.3 * lines + 0.15 * len(labels)),
+            layout="constrained",
+        )
         axes = fig.subplots(1, len(batch_sizes), squeeze=False)[0]
+        handles: list[Any] = []
         for ax, batch in zip(axes, batch_sizes, strict=True):
             rows = {_plot_label(r): r for r in measured if r.batch_size == batch}
-            ax.set_title(f"batch size {batch}")
+            ax.set_title(f"batch size {batch}", fontsize="medium")
             ax.set_xlabel("latency per call (ms)")
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
             if not rows:
                 ax.text(0.5, 0.5, "nothing measured", ha="center", va="center")
+                ax.set_yticks([])
                 continue
             names = [name for name in labels if name in rows]
-            p50 = np.array([rows[n].p50_ms for n in names])
-            p90 = np.array([rows[n].p90_ms for n in names])
-            p99 = np.array([rows[n].p99_ms for n in names])
+            p50 = np.array([rows[n].p50_ms for n in names], dtype=float)
+            p90 = np.array([rows[n].p90_ms or np.nan for n in names], dtype=float)
+            p99 = np.array([rows[n].p99_ms or np.nan for n in names], dtype=float)
             y = np.arange(len(names))
-            ax.barh(y, p50, color="#4c72b0", label="p50")
-            ax.errorbar(
+            bars = ax.barh(y, p50, color="#4c72b0", label="p50 (median)")
+            whiskers = ax.errorbar(
                 p50,
                 y,
-                xerr=[np.zeros_like(p50), p99 - p50],
+                xerr=[np.zeros_like(p50), np.nan_to_num(p99 - p50)],
                 fmt="none",
                 ecolor="black",
                 capsize=3,
                 label="p99",
             )
-            ax.plot(p90, y, "|", color="#dd8452", markersize=14, mew=2, label="p90")
-            ax.set_yticks(y, names)
+            (marks,) = ax.plot(p90, y, "|", color="#dd8452", markersize=14, mew=2, label="p90")
+            handles = handles or [bars, marks, whiskers]
+            ax.set_yticks(y, names, fontsize="small")
             ax.invert_yaxis()
-            ax.set_xlim(left=0)
-        axes[0].legend(loc="lower right", fontsize="small")
+            ax.set_xlim(left=0, right=float(np.nanmax(np.fmax(p99, p50))) * 1.08)
+        if handles:
+            fig.legend(
+                handles=handles,
+                loc="outside lower center",
+                ncol=len(handles),
+                fontsize="small",
+                frameon=False,
+            )
         fig.suptitle(_machine_line(self.machine), fontsize="small")
-        fig.tight_layout()
         return fig
 
 
@@ -255,12 +275,15 @@ def benchmark(
     engines: set[str] = set()
     for plan in plans:
         if plan.skip_reason is not None:
-            results.extend(plan.row(bs, status="skipped", note=plan.skip_reason) for bs in sizes)
+            results.extend(
+                plan.row(bs, status="skipped", note=_format.reason(plan.skip_reason))
+                for bs in sizes
+            )
             continue
         try:
             make_call = plan.load(effective_threads)
         except NbdeployError as exc:
-            results.extend(plan.row(bs, status="failed", note=str(exc)) for bs in sizes)
+            results.extend(plan.row(bs, status="failed", note=_format.reason(exc)) for bs in sizes)
             continue
         engines.add(plan.engine)
         with _torch_threads(plan.engine, effective_threads):
@@ -379,7 +402,7 @@ def _measure_plan(
     except NbdeployError:
         raise
     except Exception as exc:
-        return plan.row(batch_size, status="failed", note=_format.first_line(exc, with_type=True))
+        return plan.row(batch_size, status="failed", note=_format.reason(exc, with_type=True))
     times_ms = times_ns / 1e6
     p50, p90, p99 = np.percentile(times_ms, [50, 90, 99])
     return plan.row(
@@ -613,6 +636,11 @@ def _machine_line(machine: dict[str, Any]) -> str:
 
 def _plot_label(result: BenchmarkResult) -> str:
     label = result.target
+    if result.engine.startswith("http-") and label.endswith(" http"):
+        label = label.removesuffix(" http")
     if result.engine != "onnxruntime" and result.engine not in label:
         label = f"{label} [{result.engine}]"
-    return label if result.concurrency == 1 else f"{label} x{result.concurrency}"
+    label = label if result.concurrency == 1 else f"{label} x{result.concurrency}"
+    # Wrap at spaces, hyphens and after "name:" (a marked space, removed again once wrapped).
+    wrapped = textwrap.fill(label.replace(":", ":\0 "), PLOT_LABEL_WIDTH)
+    return wrapped.replace(":\0 ", ":").replace(":\0", ":")

@@ -56,7 +56,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-LIST_COLUMNS = ("name", "version", "runtime", "format", "status", "url", "p50_ms", "created_at")
+LIST_COLUMNS = (
+    "name",
+    "version",
+    "runtime",
+    "format",
+    "status",
+    "url",
+    "p50_ms",
+    "p99_ms",
+    "created_at",
+)
+
+
+def _latency_cells(view: dict[str, Any]) -> dict[str, Any]:
+    """p50/p99 as ``nbdeploy._format.ms`` prints them, marked when measured in-process only
+    (not over HTTP on the endpoint); None (printed ``-``) when nothing was measured."""
+    cells = dict(view)
+    for key in ("p50_ms", "p99_ms"):
+        text = _format.ms(view.get(key))
+        if text and view.get("latency_source") == "in-process":
+            text += " (in-process)"
+        cells[key] = text or None
+    return cells
 
 
 def _print_stage(event: ProgressEvent) -> None:
@@ -68,8 +90,9 @@ def _print_stage(event: ProgressEvent) -> None:
 def cmd_ls(args: argparse.Namespace) -> int:
     import nbdeploy.api as api
 
+    views = [view.to_dict() for view in api.deployment_views()]
     _show(
-        [view.to_dict() for view in api.deployment_views()],
+        views if args.json else [_latency_cells(view) for view in views],
         LIST_COLUMNS,
         as_json=args.json,
         empty="No deployments. Start one with: nbdeploy deploy MODEL.onnx --name NAME",
@@ -239,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     quick = sub.add_parser(
         "quickstart", help="train a digits CNN, export, quantize, benchmark and deploy it"
     )
-    quick.add_argument("--name", default="digits", help="model name (default: digits)")
+    quick.add_argument(
+        "--name", default="example-digits", help="model name (default: example-digits)"
+    )
     quick.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto")
     quick.set_defaults(handler=cmd_quickstart)
     return parser

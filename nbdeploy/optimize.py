@@ -218,7 +218,7 @@ def _preprocess(source: Path, target: Path) -> tuple[Path, str]:
             quant_pre_process(str(source), str(target))
         return target, "full"
     except Exception as exc:
-        first_failure = _format.first_line(exc, cause=True)
+        first_failure = _format.reason(exc, cause=True)
     try:
         with contextlib.chdir(target.parent):
             quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
@@ -226,7 +226,7 @@ def _preprocess(source: Path, target: Path) -> tuple[Path, str]:
     except Exception as exc:
         return (
             source,
-            f"none (full: {first_failure}; without symbolic shapes: {_format.first_line(exc, cause=True)})",
+            f"none (full: {first_failure}; without symbolic shapes: {_format.reason(exc, cause=True)})",
         )
 
 
@@ -263,7 +263,7 @@ def _make_variant(
             metadata.update(_quantize_int8(mode, requested_as, ops, prepared, output, evaluation))
     except Exception as exc:
         reason = (
-            f"onnxruntime could not produce the {mode} model: {_format.first_line(exc, cause=True)}"
+            f"onnxruntime could not produce the {mode} model: {_format.reason(exc, cause=True)}"
         )
         return _failed_without_model(artifact, mode, reason, metadata)
 
@@ -278,7 +278,7 @@ def _make_variant(
     except Exception as exc:
         quantization.status = "failed"
         quantization.reason = (
-            f"onnxruntime cannot run the {mode} model: {_format.first_line(exc, cause=True)}"
+            f"onnxruntime cannot run the {mode} model: {_format.reason(exc, cause=True)}"
         )
     else:
         parity, accuracy = _compare(evaluation, outputs, min_agreement)
@@ -303,7 +303,7 @@ def _make_variant(
             signature=artifact.signature if "tokenization" in artifact.metadata else None,
         )
     except Exception as exc:
-        reason = f"the {mode} model could not be stored: {_format.first_line(exc, cause=True)}"
+        reason = f"the {mode} model could not be stored: {_format.reason(exc, cause=True)}"
         return _failed_without_model(artifact, mode, reason, metadata)
     variant.source_model = artifact.source_model
     return variant
@@ -450,7 +450,7 @@ def _evaluate_reference(artifact: ModelArtifact, calibration: Any, labels: Any) 
         evaluation.reference = _run(artifact.path, evaluation)
     except Exception as exc:
         raise QuantizeError(
-            f"the fp32 model does not run on the {source} inputs: {_format.first_line(exc, cause=True)}"
+            f"the fp32 model does not run on the {source} inputs: {_format.reason(exc, cause=True)}"
         ) from exc
     evaluation.reference_predictions = _predictions(evaluation.reference)
     evaluation.reference_accuracy = _accuracy(evaluation.reference_predictions, truth)

@@ -46,6 +46,16 @@ CREATE TABLE IF NOT EXISTS deployments (
     updated_at  TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deployments_by_name ON deployments (name, state);
+CREATE TABLE IF NOT EXISTS endpoint_benchmarks (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment_id INTEGER NOT NULL,
+    name          TEXT    NOT NULL,
+    version       INTEGER NOT NULL,
+    measured_at   TEXT    NOT NULL,
+    report        TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS endpoint_benchmarks_by_deployment
+    ON endpoint_benchmarks (deployment_id, id);
 CREATE TABLE IF NOT EXISTS events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     ts          TEXT    NOT NULL,
@@ -225,6 +235,39 @@ class Store:
     def deployment(self, deployment_id: int) -> Deployment | None:
         rows = self._query("SELECT * FROM deployments WHERE id = ?", (deployment_id,))
         return _record(rows[0]) if rows else None
+
+    # endpoint benchmarks ------------------------------------------------------------------
+
+    def add_endpoint_benchmark(
+        self, *, deployment_id: int, name: str, version: int, report: dict[str, Any]
+    ) -> None:
+        """Keep an HTTP benchmark of a deployment (``BenchmarkReport.to_dict()``, its rows)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO endpoint_benchmarks (deployment_id, name, version, measured_at,"
+                " report) VALUES (?, ?, ?, ?, ?)",
+                (int(deployment_id), name, int(version), now(), json.dumps(report, default=str)),
+            )
+
+    def endpoint_benchmark(
+        self, deployment_id: int, *, name: str | None = None, version: int | None = None
+    ) -> dict[str, Any] | None:
+        """The latest HTTP benchmark of a deployment (``measured_at`` and the ``report`` dict);
+        with ``name`` and ``version``, else the latest of an earlier launch of that version (a
+        rollback serves the same model)."""
+        rows = self._query(
+            "SELECT * FROM endpoint_benchmarks WHERE deployment_id = ? ORDER BY id DESC LIMIT 1",
+            (int(deployment_id),),
+        )
+        if not rows and name is not None and version is not None:
+            rows = self._query(
+                "SELECT * FROM endpoint_benchmarks WHERE name = ? AND version = ?"
+                " ORDER BY id DESC LIMIT 1",
+                (name, int(version)),
+            )
+        if not rows:
+            return None
+        return {**rows[0], "report": json.loads(rows[0]["report"])}
 
     # events -------------------------------------------------------------------------------
 

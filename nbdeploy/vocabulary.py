@@ -150,6 +150,11 @@ class Deployment:
         return f"{self.url}/v2/models/{self.name}/infer"
 
 
+LatencySource = Literal["endpoint", "in-process"]
+"""Where a deployment's listed latency was measured: over HTTP on the endpoint, or in-process."""
+LATENCY_SOURCES: tuple[LatencySource, ...] = get_args(LatencySource)
+
+
 @dataclass(frozen=True)
 class DeploymentView:
     """What every surface shows of a deployment: ``nbdeploy ls --json``, the magic's table, the
@@ -169,6 +174,10 @@ class DeploymentView:
     variant: str | None
     p50_ms: float | None
     p99_ms: float | None
+    latency_source: LatencySource | None
+    """Where p50/p99 come from: ``endpoint`` (an HTTP benchmark of this deployment, one client,
+    batch 1 preferred), ``in-process`` (the artifact's onnxruntime benchmark, no HTTP), or None
+    when nothing was measured (surfaces then show no figure, never 0)."""
     demo_url: str | None
 
     def to_dict(self) -> dict[str, Any]:

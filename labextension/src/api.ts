@@ -20,6 +20,7 @@ export interface IDeployment {
   variant: string | null;
   p50_ms: number | null;
   p99_ms: number | null;
+  latency_source: 'endpoint' | 'in-process' | null;
   demo_url: string | null;
 }
 
@@ -92,4 +93,24 @@ export function jupyterURL(pathOrUrl: string): string {
     return pathOrUrl;
   }
   return URLExt.join(ServerConnection.makeSettings().baseUrl, pathOrUrl);
+}
+
+/**
+ * The answer of `POST nbdeploy/api/deployments/<name>/demo`: `url` opens the demo through
+ * Jupyter (relative to its base URL) when it can, `direct_url` is the demo server on 127.0.0.1.
+ */
+export interface IDemoLink {
+  name: string;
+  url: string;
+  direct_url: string;
+}
+
+/**
+ * Start (or reuse) the demo server of a deployment and say where to open it.
+ */
+export async function startDemo(name: string): Promise<IDemoLink> {
+  return requestAPI<IDemoLink>(deploymentPath(name, 'demo'), {
+    method: 'POST',
+    body: ''
+  });
 }

@@ -313,7 +313,84 @@ def test_merge_appends_rows_and_shows_concurrency(report: BenchmarkReport) -> No
     assert "conc" in merged.table().splitlines()[0]
     assert "conc" not in report.table().splitlines()[0]
     labels = [t.get_text() for t in merged.plot().axes[0].get_yticklabels()]
-    assert labels[-1] == "mlp:fp32 [http-json] x4"
+    assert " ".join(labels[-1].split()) == "mlp:fp32 [http-json] x4"
+
+
+def plot_report() -> BenchmarkReport:
+    """Long target labels, in-process and HTTP rows at two batch sizes, with long whiskers."""
+    rows = []
+    for batch in (1, 8):
+        for i, (target, engine, conc) in enumerate(
+            [
+                ("sentiment-distilbert-base:fp32", "onnxruntime", 1),
+                ("sentiment-distilbert-base:int8-static", "onnxruntime", 1),
+                ("sentiment-distilbert-base:torch eager", "torch", 1),
+                ("sentiment-distilbert-base:v12 http", "http-binary", 1),
+                ("sentiment-distilbert-base:v12 http", "http-json", 16),
+            ]
+        ):
+            p50 = (1 + i) * batch * 0.8
+            rows.append(
+                BenchmarkResult(
+                    target,
+                    engine,
+                    batch,
+                    concurrency=conc,
+                    runs=50,
+                    p50_ms=p50,
+                    p90_ms=p50 * 1.4,
+                    p99_ms=p50 * 2.5,
+                    mean_ms=p50 * 1.1,
+                )
+            )
+    return BenchmarkReport(results=rows, machine={"cpu": "Test CPU @ 3.0GHz", "usable_cpus": 4})
+
+
+def test_plot_caption_once_legend_outside_the_data_and_no_overlapping_ticks() -> None:
+    report = plot_report()
+    fig = report.plot()
+    out = Path(__file__).resolve().parents[2] / "test-artifacts" / "benchmark-plot.png"
+    out.parent.mkdir(exist_ok=True)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    fig.savefig(out)
+    renderer = canvas.get_renderer()
+
+    texts = [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+    assert sum("Test CPU @ 3.0GHz" in t for t in texts) == 1
+
+    (legend,) = fig.legends
+    assert not any(ax.get_legend() for ax in fig.axes)
+    box = legend.get_window_extent(renderer)
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent(renderer)), "the legend covers a panel"
+
+    def overlapping(labels) -> list[tuple[str, str]]:
+        boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in labels if t.get_text()]
+        return [
+            (a, b)
+            for i, (a, first) in enumerate(boxes)
+            for b, second in boxes[i + 1 :]
+            if first.overlaps(second)
+        ]
+
+    every_y = []
+    for ax in fig.axes:
+        assert overlapping(ax.get_xticklabels()) == []
+        assert overlapping(ax.get_yticklabels()) == []
+        every_y += ax.get_yticklabels()
+        panel = ax.get_window_extent(renderer)
+        for label in ax.get_yticklabels():
+            for other in fig.axes:
+                if other is not ax:
+                    assert not label.get_window_extent(renderer).overlaps(
+                        other.get_window_extent(renderer)
+                    ), f"{label.get_text()!r} runs into the next panel"
+        assert panel.width > 100
+    assert all(len(line) <= 26 for t in every_y for line in t.get_text().splitlines())
+    assert out.stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("targets", [[], (), None])

@@ -15,6 +15,7 @@ from nbdeploy._types import Parity, Quantization, Signature, TensorSpec
 from nbdeploy.artifact import ModelArtifact, store_onnx
 from nbdeploy.optimize import quantize_variants, select_auto
 from tests.helpers import models
+from tests.helpers.onnx_models import save_celu
 
 SEQ_LEN = 16
 VOCAB = 1000
@@ -211,16 +212,7 @@ def test_graph_without_quantizable_ops_is_reported_as_noop(tmp_path):
 
 def test_variant_onnxruntime_cannot_run_is_reported_as_failed(tmp_path):
     """Celu is float32-only in ONNX, yet the fp16 converter rewrites it: the result is invalid."""
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Celu", ["h"], ["y"])],
-        "matmul_celu",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
-        [helper.make_tensor("w", TensorProto.FLOAT, [8, 8], np.eye(8).ravel().tolist())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    onnx.save(model, str(tmp_path / "celu.onnx"))
-    fp32 = store_onnx(tmp_path / "celu.onnx", name="celu", framework="onnx")
+    fp32 = store_onnx(save_celu(tmp_path / "celu.onnx"), name="celu", framework="onnx")
 
     (fp16,) = quantize_variants(fp32, ["fp16"])
 

@@ -46,3 +46,21 @@ def save_linear(path: Path, seed: int = 0) -> Path:
     model, _, _ = linear_model(seed=seed)
     onnx.save(model, str(path))
     return path
+
+
+def save_celu(path: Path) -> Path:
+    """MatMul then Celu: Celu is float32-only in ONNX, yet the fp16 converter rewrites it, so
+    onnxruntime refuses the fp16 variant (a variant that fails for a real reason)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Celu", ["h"], ["y"])],
+        "matmul_celu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [8, 8], np.eye(8).ravel().tolist())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.save(model, str(path))
+    return path

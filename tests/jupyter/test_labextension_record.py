@@ -23,6 +23,8 @@ def ts_type(hint: object) -> str:
     """The TypeScript spelling of a Python annotation: ``str | None`` -> ``string | null``."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return " | ".join(ts_type(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is typing.Literal:
+        return " | ".join(f"'{arg}'" for arg in typing.get_args(hint))
     if hint in TS_TYPES:
         return TS_TYPES[hint]
     raise AssertionError(f"no TypeScript mapping for the annotation {hint!r}")
