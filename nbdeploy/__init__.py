@@ -81,10 +81,17 @@ if TYPE_CHECKING:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext nbdeploy``: register the ``%deploy`` family of magics."""
+    """``%load_ext nbdeploy``: register the ``%deploy`` family of magics, and put ``DeployPanel``
+    in the namespace (when ipywidgets is installed and the name is not taken)."""
     from nbdeploy.jupyter.magics import load_ipython_extension as load
 
     load(ipython)
+    if "DeployPanel" not in ipython.user_ns:
+        try:
+            from nbdeploy.jupyter.panel import DeployPanel
+        except ImportError:
+            return
+        ipython.push({"DeployPanel": DeployPanel}, interactive=False)
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,11 @@ from typing import Any
 import numpy as np
 
 from nbdeploy import _format
-from nbdeploy.vocabulary import AUTO_CANDIDATES, ProgressEvent
+from nbdeploy._errors import InputError
+from nbdeploy.vocabulary import AUTO_CANDIDATES, ProgressEvent, session_owner
+
+NAME = "example-digits"
+"""Prefixed so the quickstart never collides with a user's own ``digits``."""
 
 
 def digits_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -60,12 +64,35 @@ def train_digits_cnn(x: np.ndarray, y: np.ndarray, epochs: int = 40) -> Any:
     return model.eval()
 
 
-def run_quickstart(
-    name: str = "digits", runtime: str = "auto", out: Callable[[str], None] = print
-) -> dict[str, Any]:
-    """Train, export, quantize, benchmark and deploy the digits CNN; report each stage."""
+def check_name_is_free(name: str, *, replace: bool = False) -> None:
+    """Refuse to replace a deployment of ``name`` that another session made, unless asked."""
     import nbdeploy.api as api
 
+    if replace:
+        return
+    for view in api.deployment_views():
+        if view.name == name and view.owner and view.owner != session_owner():
+            raise InputError(
+                f"a deployment named {name!r} is running, made by {view.owner}; choose another"
+                f" name with --name, or stop it first (nbdeploy stop {name})"
+            )
+
+
+def run_quickstart(
+    name: str = NAME,
+    runtime: str = "auto",
+    out: Callable[[str], None] = print,
+    *,
+    replace: bool = False,
+) -> dict[str, Any]:
+    """Train, export, quantize, benchmark and deploy the digits CNN; report each stage.
+
+    A running deployment of ``name`` made by another session is left alone (an error says
+    so) unless ``replace``; the quickstart never stops anything.
+    """
+    import nbdeploy.api as api
+
+    check_name_is_free(name, replace=replace)
     started = time.perf_counter()
     x_train, x_test, y_train, y_test = digits_data()
     out(f"[1/6] training a small CNN on scikit-learn's digits ({len(x_train)} images)")

@@ -7,6 +7,7 @@ must not need ipywidgets) and the panel agree.
 
 from __future__ import annotations
 
+import difflib
 import keyword
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,7 +40,7 @@ def evaluate(expression: str, namespace: Mapping[str, Any], *, what: str) -> Any
         return eval(code, dict(namespace))
     except NameError as exc:
         missing = getattr(exc, "name", None) or str(exc)
-        hint = _name_hint(namespace, what)
+        hint = _name_hint(namespace, what, missing)
         raise ExpressionError(
             f"{what}: no variable named {missing!r} in the notebook namespace{hint}"
         ) from exc
@@ -49,7 +50,11 @@ def evaluate(expression: str, namespace: Mapping[str, Any], *, what: str) -> Any
         ) from exc
 
 
-def _name_hint(namespace: Mapping[str, Any], what: str) -> str:
+def _name_hint(namespace: Mapping[str, Any], what: str, missing: str) -> str:
+    """The closest variable names to a mistyped one, else the variables that would fit."""
+    close = difflib.get_close_matches(missing, list(user_variables(namespace)), n=3, cutoff=0.6)
+    if close:
+        return f"; did you mean {' or '.join(map(repr, close))}?"
     found = find_models(namespace) if what.lower().startswith("model") else find_samples(namespace)
     return f" (found: {', '.join(found)})" if found else ""
 

@@ -8,8 +8,11 @@ what comes back is rendered. Defaults are traitlets, so ``%config DeployMagic.ru
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator, Mapping
+import difflib
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
@@ -19,9 +22,21 @@ from traitlets import Bool, Enum, Float
 
 from nbdeploy import api
 from nbdeploy._errors import NbdeployError
-from nbdeploy.jupyter import default_name, evaluate, launch_demo_url, model_kind
+from nbdeploy.jupyter import (
+    ExpressionError,
+    default_name,
+    evaluate,
+    launch_demo_url,
+    model_kind,
+)
 from nbdeploy.jupyter.render import DeploymentTable, DeploySummary, progress_html
-from nbdeploy.vocabulary import QUANTIZE_CHOICES, RUNTIME_CHOICES, ProgressEvent, Stage
+from nbdeploy.vocabulary import (
+    QUANTIZE_CHOICES,
+    RUNTIME_CHOICES,
+    ProgressEvent,
+    Stage,
+    session_owner,
+)
 
 if TYPE_CHECKING:
     from nbdeploy.artifact import ModelArtifact
@@ -68,6 +83,17 @@ class ProgressReporter:
     def step(self, stage: Stage, message: str) -> None:
         """A step the magic itself takes after the deploy (benchmark, demo)."""
         self(ProgressEvent(stage, message))
+
+    def fail(self, message: str) -> None:
+        """Replace the live view with a ✗ line and the error, so no step looks still running."""
+        stage = self.steps[-1].stage if self.steps else "deploy"
+        if not self.rich:
+            print(f"  ✗ {stage} failed", flush=True)
+            return
+        if self._handle is not None:
+            from IPython.display import HTML
+
+            self._handle.update(HTML(progress_html(self.steps, failed=message)))
 
     def finish(self, result: Any) -> None:
         """Replace the live progress view with ``result`` (or show it below the printed lines)."""
@@ -201,115 +227,68 @@ class DeployMagic(Magics):
         Returns the Endpoint, so ``ep = %deploy model --sample x[:8]`` keeps a handle.
         """
         with self.readable_errors():
-            args = parse_argstring(self.deploy, line)
+            args = self._parse(self.deploy, line)
             model_text = _unquote(args.model) if _is_quoted_expression(args.model) else args.model
-            model = evaluate(model_text, self.namespace, what="MODEL")
+            try:
+                model = evaluate(model_text, self.namespace, what="MODEL")
+            except ExpressionError as exc:
+                if _is_file(model_text):
+                    raise ExpressionError(f'{exc}; did you mean %deploy "{model_text}"?') from exc
+                raise
             sample = self._expression(args.sample, "--sample")
             labels = self._expression(args.labels, "--labels")
             tokenizer = self._expression(args.tokenizer, "--tokenizer")
             requirements = self._expression(args.requirements, "--requirements")
             quantize = args.quantize or self.default_quantize
             progress = ProgressReporter(self.rich)
-            endpoint = api.deploy(
-                model,
-                sample,
-                name=_unquote(args.name) if args.name else default_name(args.model, model),
-                quantize=None if quantize == "none" else quantize,
-                runtime=args.runtime or self.runtime,
-                labels=labels,
-                tokenizer=tokenizer,
-                fallback="python" if args.python else None,
-                requirements=requirements,
-                port=args.port,
-                auth=self.auth if args.auth is None else args.auth,
-                progress=progress,
-            )
+            try:
+                endpoint = api.deploy(
+                    model,
+                    sample,
+                    name=_unquote(args.name) if args.name else default_name(args.model, model),
+                    quantize=None if quantize == "none" else quantize,
+                    runtime=args.runtime or self.runtime,
+                    labels=labels,
+                    tokenizer=tokenizer,
+                    fallback="python" if args.python else None,
+                    requirements=requirements,
+                    port=args.port,
+                    auth=self.auth if args.auth is None else args.auth,
+                    progress=progress,
+                )
+            except BaseException as exc:  # Ctrl-C too: the card must not keep its hourglass
+                progress.fail(" ".join(str(exc).split()) or type(exc).__name__)
+                raise
             progress.finish(
-                self._summary(
+                deploy_summary(
                     endpoint,
                     model,
                     sample,
-                    progress,
+                    progress=progress,
+                    steps=progress.steps,
                     bench=self.bench if args.bench is None else args.bench,
                     demo=self.demo if args.demo is None else args.demo,
+                    bench_seconds=self.bench_seconds,
                 )
             )
+            if self.rich and (self.demo if args.demo is None else args.demo):
+                from IPython.display import display
+
+                display(endpoint.demo())  # the demo inline; the summary links the shareable page
             return endpoint
+
+    def _parse(self, magic: Callable[..., Any], line: str) -> argparse.Namespace:
+        """``parse_argstring`` with a "did you mean" for a mistyped option."""
+        try:
+            return parse_argstring(magic, line)
+        except UsageError as exc:
+            hint = _option_hint(str(exc), magic.parser)  # type: ignore[attr-defined]
+            if hint is None:
+                raise
+            raise UsageError(f"{str(exc).strip()} ({hint})") from exc
 
     def _expression(self, text: str | None, what: str) -> Any:
         return None if text is None else evaluate(_unquote(text), self.namespace, what=what)
-
-    def _summary(
-        self,
-        endpoint: Endpoint,
-        model: Any,
-        sample: Any,
-        progress: ProgressReporter,
-        *,
-        bench: bool,
-        demo: bool,
-    ) -> DeploySummary:
-        """Everything after the endpoint is up; a failure here is a note, not a lost endpoint."""
-        from nbdeploy.bench import BenchmarkReport
-
-        served = api.model(endpoint.name, endpoint.version)
-        selection = BenchmarkReport.from_dict(served.benchmark) if served.benchmark else None
-        notes: list[str] = []
-        measured = None
-        if bench:
-            measured = self._benchmark(endpoint, served, model, sample, progress, notes)
-        demo_url = None
-        if demo:
-            progress.step("demo", "starting the demo page")
-            try:
-                demo_url = launch_demo_url(endpoint.name)
-            except NbdeployError as exc:
-                notes.append(f"demo: {exc}")
-        return DeploySummary.from_endpoint(
-            endpoint,
-            served,
-            report=measured or selection,
-            variants_report=selection or measured,
-            demo_url=demo_url,
-            notes=notes,
-            steps=[str(step) for step in progress.steps],
-        )
-
-    def _benchmark(
-        self,
-        endpoint: Endpoint,
-        served: ModelArtifact,
-        model: Any,
-        sample: Any,
-        progress: ProgressReporter,
-        notes: list[str],
-    ) -> BenchmarkReport | None:
-        """In-process (served variant, plus the original model) and over-HTTP figures, merged."""
-        if sample is None:
-            notes.append("benchmark skipped: --bench needs --sample")
-            return None
-        targets: list[Any] = [served]
-        if model_kind(model) in EAGER_FRAMEWORKS:
-            targets.insert(0, model)
-        try:
-            progress.step("benchmark", "in-process, batch sizes 1 and 8")
-            local = api.benchmark(
-                targets, sample, batch_sizes=(1, 8), time_budget_s=self.bench_seconds / 2
-            )
-            progress.step("benchmark", "over HTTP, concurrency 1 and 4")
-            remote = api.benchmark(
-                endpoint,
-                sample,
-                batch_sizes=(1,),
-                concurrency=(1, 4),
-                payloads=("binary",),
-                duration_s=self.bench_seconds,
-                warmup=2,
-            )
-        except NbdeployError as exc:
-            notes.append(f"benchmark failed: {exc}")
-            return None
-        return local.merge(remote)
 
     @line_magic
     def deployments(self, line: str = "") -> DeploymentTable:
@@ -322,19 +301,143 @@ class DeployMagic(Magics):
     @magic_arguments()
     @argument("names", nargs="*", metavar="NAME", help="deployments to stop")
     @argument("--all", action="store_true", help="stop every running deployment")
+    @argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="with --all, stop deployments made by another session or kernel too",
+    )
     @line_magic
     def undeploy(self, line: str) -> None:
-        """Stop deployments by name, or all of them."""
+        """Stop deployments by name, or all of them (others' only with --force)."""
         with self.readable_errors():
-            args = parse_argstring(self.undeploy, line)
+            args = self._parse(self.undeploy, line)
             if bool(args.names) == args.all:
                 raise UsageError("give the names of deployments to stop, or --all (not both)")
-            names = [ep.name for ep in api.deployments()] if args.all else args.names
-            if not names:
+            others: list[str] = []
+            if args.all:
+                views = api.deployment_views()
+                names = [v.name for v in views if args.force or not _made_elsewhere(v.owner)]
+                others = [f"{v.name} ({v.owner})" for v in views if v.name not in names]
+            else:
+                names = args.names
+            if not names and not others:
                 print("nothing to stop: no deployments are running")
             for name in names:
                 versions = api.undeploy(name)
                 print(f"stopped {name} (version {', '.join(map(str, versions))})")
+            if others:
+                raise UsageError(
+                    f"not stopping {len(others)} deployment(s) made by another session: "
+                    f"{', '.join(others)}; %undeploy --all --force stops them too"
+                )
+
+
+def deploy_summary(
+    endpoint: Endpoint,
+    model: Any,
+    sample: Any,
+    *,
+    progress: Callable[[ProgressEvent], None],
+    steps: Sequence[ProgressEvent],
+    bench: bool,
+    demo: bool,
+    bench_seconds: float,
+    report: BenchmarkReport | None = None,
+) -> DeploySummary:
+    """Everything after the endpoint is up, as ``%deploy`` and ``DeployPanel`` both show it.
+
+    ``progress`` gets the benchmark and demo steps; ``steps`` (read at the end) are the steps
+    listed in the summary; ``report`` is an earlier measurement (the panel's benchmark button).
+    A failure here is a note, not a lost endpoint.
+    """
+    from nbdeploy.bench import BenchmarkReport
+
+    served = api.model(endpoint.name, endpoint.version)
+    selection = BenchmarkReport.from_dict(served.benchmark) if served.benchmark else None
+    notes: list[str] = []
+    measured = report
+    if bench:
+        measured = _measure(endpoint, served, model, sample, progress, notes, bench_seconds)
+    demo_url = None
+    if demo:
+        progress(ProgressEvent("demo", "starting the demo page"))
+        try:
+            direct = launch_demo_url(endpoint.name)
+            # Through the Jupyter server when the kernel runs under one: remote users first.
+            demo_url = api.links(endpoint.name).get("demo") or direct
+        except NbdeployError as exc:
+            notes.append(f"demo: {exc}")
+    return DeploySummary.from_endpoint(
+        endpoint,
+        served,
+        report=measured or selection,
+        variants_report=selection or measured,
+        demo_url=demo_url,
+        notes=notes,
+        steps=[str(step) for step in steps],
+    )
+
+
+def _measure(
+    endpoint: Endpoint,
+    served: ModelArtifact,
+    model: Any,
+    sample: Any,
+    progress: Callable[[ProgressEvent], None],
+    notes: list[str],
+    seconds: float,
+) -> BenchmarkReport | None:
+    """In-process (served variant, plus the original model) and over-HTTP figures, merged."""
+    if sample is None:
+        notes.append("benchmark skipped: --bench needs --sample")
+        return None
+    targets: list[Any] = [served]
+    if model_kind(model) in EAGER_FRAMEWORKS:
+        targets.insert(0, model)
+    try:
+        progress(ProgressEvent("benchmark", "in-process, batch sizes 1 and 8"))
+        local = api.benchmark(targets, sample, batch_sizes=(1, 8), time_budget_s=seconds / 2)
+        progress(ProgressEvent("benchmark", "over HTTP, concurrency 1 and 4"))
+        remote = api.benchmark(
+            endpoint,
+            sample,
+            batch_sizes=(1,),
+            concurrency=(1, 4),
+            payloads=("binary",),
+            duration_s=seconds,
+            warmup=2,
+        )
+    except NbdeployError as exc:
+        notes.append(f"benchmark failed: {exc}")
+        return None
+    return local.merge(remote)
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(_unquote(text)).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _option_hint(message: str, parser: argparse.ArgumentParser) -> str | None:
+    """``did you mean --quantize?`` for the unknown options an argparse message names."""
+    match = re.search(r"unrecognized arguments: (.*)", message)
+    if match is None:
+        return None
+    options = [option for action in parser._actions for option in action.option_strings]
+    for token in match.group(1).split():
+        if token.startswith("--"):
+            guess = difflib.get_close_matches(token.split("=", 1)[0], options, n=1, cutoff=0.6)
+            if guess:
+                return f"did you mean {guess[0]}?"
+    return None
+
+
+def _made_elsewhere(owner: str) -> bool:
+    """True for a deployment another kernel or process made (unknown owners count as ours)."""
+    return bool(owner) and owner != session_owner()
 
 
 def _is_quoted_expression(token: str) -> bool:

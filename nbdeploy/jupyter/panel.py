@@ -3,11 +3,14 @@
 Every button makes one ``nbdeploy.api`` call. The call runs on a worker thread so the kernel
 stays free to process widget messages (the panel keeps updating while a model exports);
 ``wait()`` joins that thread, which is how tests and scripts drive the panel without a browser.
+While the panel is displayed, a timer thread re-reads the deployment list every
+``refresh_interval`` seconds; it stops when the panel is closed or no longer shown.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,8 +26,10 @@ from nbdeploy.jupyter import (
     find_samples,
     launch_demo_url,
 )
+from nbdeploy.jupyter.magics import deploy_summary
 from nbdeploy.jupyter.render import (
     BenchmarkView,
+    DeploySummary,
     esc,
     variant_rows,
     variants_html,
@@ -37,14 +42,24 @@ from nbdeploy.vocabulary import (
     DeploymentView,
     ProgressEvent,
     Stage,
+    session_owner,
 )
 
 NO_SAMPLE = ""
 MAX_LOG_LINES = 200
 LOG_STYLE = (
-    "font-family:monospace;font-size:85%;max-height:12em;overflow-y:auto;"
-    "white-space:pre-wrap;border:1px solid #d0d7de;border-radius:4px;padding:4px"
+    "font-family:monospace;font-size:85%;line-height:1.3;max-height:12em;overflow-y:auto;"
+    "display:flex;flex-direction:column-reverse;"
+    "border:1px solid #d0d7de;border-radius:4px;padding:4px"
 )
+"""A reversed flex column keeps the scroll position at the newest (last) line."""
+LINE_STYLE = "white-space:pre-wrap;margin:0"
+
+
+def log_html(lines: list[str]) -> str:
+    """Already-escaped lines, one ``<div>`` each (single-spaced), scrolled to the last one."""
+    body = "".join(f"<div style='{LINE_STYLE}'>{line}</div>" for line in lines)
+    return f"<div style='{LOG_STYLE}'><div>{body}</div></div>"
 
 
 def _bundle(obj: Any) -> dict[str, Any]:
@@ -66,23 +81,60 @@ class _VariantsView:
         return variants_text(self.rows)
 
 
-class DeploymentRow(widgets.HBox):
-    """One running deployment with its stop / logs / demo buttons."""
+class DeploymentRow(widgets.VBox):
+    """One running deployment: its stop / logs / demo buttons, and below them its own logs and
+    the "stop a deployment someone else made?" question."""
 
     def __init__(self, view: DeploymentView) -> None:
         self.name: str = view.name
+        self.owner: str = view.owner
+        self.label = widgets.HTML("")
+        self.stop_button = widgets.Button(description="stop", icon="stop", button_style="danger")
+        self.logs_button = widgets.Button(description="logs", icon="file-text")
+        self.demo_button = widgets.Button(description="demo", icon="external-link")
+        self.confirm_button = widgets.Button(description="stop", button_style="danger")
+        self.cancel_button = widgets.Button(description="cancel")
+        for button in (
+            self.stop_button,
+            self.logs_button,
+            self.demo_button,
+            self.confirm_button,
+            self.cancel_button,
+        ):
+            button.layout = widgets.Layout(width="auto")
+        self.question = widgets.HTML("")
+        self.confirm_box = widgets.HBox([])
+        self.logs_view = widgets.HTML("")
+        self.cancel_button.on_click(lambda _: self.forget_question())
+        self.update(view)
+        super().__init__(
+            [
+                widgets.HBox([self.label, self.stop_button, self.logs_button, self.demo_button]),
+                self.confirm_box,
+                self.logs_view,
+            ]
+        )
+
+    def update(self, view: DeploymentView) -> None:
         url = view.infer_url.removesuffix("/infer")
-        self.label = widgets.HTML(
+        self.owner = view.owner
+        self.label.value = (
             f"<b>{esc(self.name)}</b> v{esc(view.version)} &middot; {esc(view.runtime)}"
             f" &middot; {esc(view.status)} &middot; <a href='{esc(url)}' target='_blank'>"
             f"<code>{esc(url)}</code></a>"
         )
-        self.stop_button = widgets.Button(description="stop", icon="stop", button_style="danger")
-        self.logs_button = widgets.Button(description="logs", icon="file-text")
-        self.demo_button = widgets.Button(description="demo", icon="external-link")
-        for button in (self.stop_button, self.logs_button, self.demo_button):
-            button.layout = widgets.Layout(width="auto")
-        super().__init__([self.label, self.stop_button, self.logs_button, self.demo_button])
+
+    def ask(self, question: str) -> None:
+        """Show ``question`` with [stop] [cancel] under the row."""
+        self.question.value = esc(question)
+        self.confirm_box.children = [self.question, self.confirm_button, self.cancel_button]
+
+    @property
+    def asking(self) -> bool:
+        return bool(self.confirm_box.children)
+
+    def forget_question(self) -> None:
+        self.confirm_box.children = []
 
 
 class DeployPanel(widgets.VBox):
@@ -93,6 +145,7 @@ class DeployPanel(widgets.VBox):
     """
 
     bench_seconds: float = 1.0
+    refresh_interval: float = 5.0
 
     def __init__(self, namespace: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         if namespace is None:
@@ -113,10 +166,16 @@ class DeployPanel(widgets.VBox):
         self._log_lock = threading.Lock()
         self.last_error: str | None = None
         self.deployment_rows: dict[str, DeploymentRow] = {}
+        self.summary: DeploySummary | None = None
+        self._rows_lock = threading.RLock()
         self._worker: threading.Thread | None = None
+        self._refresher: threading.Thread | None = None
+        self._stop_refreshing = threading.Event()
         self._busy = False
         self._build_widgets()
         super().__init__(self._layout(), **kwargs)
+        self._view_count = 0
+        self.observe(self._views_changed, names="_view_count")
         self.rescan()
         self.refresh()
 
@@ -135,6 +194,8 @@ class DeployPanel(widgets.VBox):
             options=RUNTIME_CHOICES, value="auto", description="runtime", **wide
         )
         self.auth_box = widgets.Checkbox(value=True, description="require a bearer token")
+        self.bench_box = widgets.Checkbox(value=False, description="benchmark over HTTP")
+        self.demo_box = widgets.Checkbox(value=False, description="open the demo page")
         self.export_button = widgets.Button(description="export", icon="cube")
         self.quantize_button = widgets.Button(description="quantize", icon="compress")
         self.benchmark_button = widgets.Button(description="benchmark", icon="tachometer")
@@ -147,7 +208,6 @@ class DeployPanel(widgets.VBox):
         self.results = widgets.Output()
         self.refresh_button = widgets.Button(description="refresh", icon="refresh")
         self.deployments_box = widgets.VBox()
-        self.deployment_logs = widgets.HTML("")
 
         self.rescan_button.on_click(lambda _: self.rescan())
         self.refresh_button.on_click(lambda _: self.refresh())
@@ -166,6 +226,7 @@ class DeployPanel(widgets.VBox):
             widgets.HBox([self.sample_picker, self.sample_expression]),
             widgets.HBox([self.name_box, self.quantize_picker]),
             widgets.HBox([self.runtime_picker, self.auth_box]),
+            widgets.HBox([self.bench_box, self.demo_box]),
             widgets.HBox(
                 [
                     self.export_button,
@@ -180,7 +241,6 @@ class DeployPanel(widgets.VBox):
             widgets.HTML("<b>deployments</b>"),
             self.refresh_button,
             self.deployments_box,
-            self.deployment_logs,
         ]
 
     @property
@@ -192,8 +252,8 @@ class DeployPanel(widgets.VBox):
             self.benchmark_button,
             self.deploy_button,
         ]
-        for row in self.deployment_rows.values():
-            buttons += [row.stop_button, row.demo_button]
+        for row in list(self.deployment_rows.values()):
+            buttons += [row.stop_button, row.confirm_button, row.demo_button]
         return buttons
 
     @property
@@ -219,25 +279,95 @@ class DeployPanel(widgets.VBox):
         if not models:
             self._log("no model variables found: define one, then press the refresh icon")
 
-    def refresh(self) -> None:
-        """Re-read the running deployments and their live status."""
+    def refresh(self, *, quiet: bool = False) -> None:
+        """Re-read the running deployments and their live status (rows that stay are kept,
+        with their open logs and questions). ``quiet`` (the timer) does not log failures."""
         try:
             views = api.deployment_views()
         except NbdeployError as exc:
-            self._fail(str(exc))
+            if not quiet:
+                self._fail(str(exc))
             return
-        rows = {view.name: DeploymentRow(view) for view in views}
-        for row in rows.values():
-            row.stop_button.on_click(lambda _, name=row.name: self.stop(name))
-            row.logs_button.on_click(lambda _, name=row.name: self.show_logs(name))
-            row.demo_button.on_click(lambda _, name=row.name: self.open_demo(name))
-            row.stop_button.disabled = row.demo_button.disabled = self._busy
-        self.deployment_rows = rows
-        self.deployments_box.children = list(rows.values()) or [
-            widgets.HTML("<i>no deployments are running</i>")
-        ]
+        with self._rows_lock:
+            rows: dict[str, DeploymentRow] = {}
+            for view in views:
+                row = self.deployment_rows.get(view.name)
+                if row is None:
+                    row = self._new_row(view)
+                else:
+                    row.update(view)
+                row.stop_button.disabled = row.demo_button.disabled = self._busy
+                rows[view.name] = row
+            changed = list(rows) != list(self.deployment_rows)
+            self.deployment_rows = rows
+            if changed or not self.deployments_box.children:
+                self.deployments_box.children = list(rows.values()) or [
+                    widgets.HTML("<i>no deployments are running</i>")
+                ]
 
-    def stop(self, name: str) -> None:
+    def _new_row(self, view: DeploymentView) -> DeploymentRow:
+        row = DeploymentRow(view)
+        name = view.name
+        row.stop_button.on_click(lambda _: self.stop(name))
+        row.confirm_button.on_click(lambda _: self.stop(name, confirmed=True))
+        row.logs_button.on_click(lambda _: self.show_logs(name))
+        row.demo_button.on_click(lambda _: self.open_demo(name))
+        return row
+
+    def start_auto_refresh(self, interval: float | None = None) -> None:
+        """Re-read the deployments every ``interval`` seconds on a timer thread (displaying
+        the panel starts it; closing the panel or removing its last view stops it)."""
+        if self._refresher is not None and self._refresher.is_alive():
+            return
+        every = self.refresh_interval if interval is None else interval
+        stop = self._stop_refreshing = threading.Event()
+        panel_ref = weakref.ref(self)
+
+        def tick() -> None:
+            while not stop.wait(every):
+                panel = panel_ref()
+                if panel is None or panel.comm is None:
+                    return
+                try:
+                    panel.refresh(quiet=True)
+                except Exception:  # a widget torn down mid-refresh: stop quietly
+                    return
+                del panel
+
+        self._refresher = threading.Thread(target=tick, name="nbdeploy-panel-refresh", daemon=True)
+        self._refresher.start()
+
+    def stop_auto_refresh(self) -> None:
+        stop = getattr(self, "_stop_refreshing", None)  # None when __init__ failed early
+        if stop is not None:
+            stop.set()
+
+    @property
+    def auto_refreshing(self) -> bool:
+        return self._refresher is not None and self._refresher.is_alive()
+
+    def _views_changed(self, change: dict[str, Any]) -> None:
+        if change["new"] == 0 and change["old"]:
+            self.stop_auto_refresh()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        self.start_auto_refresh()
+        return super()._repr_mimebundle_(**kwargs)
+
+    def close(self) -> None:
+        self.stop_auto_refresh()
+        super().close()
+
+    def stop(self, name: str, *, confirmed: bool = False) -> None:
+        """Stop ``name``; one made by another session or kernel asks first (a row question)."""
+        row = self.deployment_rows.get(name)
+        if row is not None:
+            owner = row.owner
+            if not confirmed and owner and owner != session_owner():
+                row.ask(f"stop {name}, made by {owner}?")
+                return
+            row.forget_question()
+
         def task() -> None:
             versions = api.undeploy(name)
             self._log(f"stopped {name} (version {', '.join(map(str, versions))})")
@@ -245,14 +375,22 @@ class DeployPanel(widgets.VBox):
         self._start(f"stop {name}", task, then=self.refresh)
 
     def show_logs(self, name: str) -> None:
+        """Open the last 100 log lines under the deployment's row; a second click closes them."""
+        row = self.deployment_rows.get(name)
+        if row is None:
+            self._fail(f"no deployment named {name!r} in the list; press refresh")
+            return
+        if row.logs_view.value:
+            row.logs_view.value = ""
+            return
         try:
             text = api.get(name).logs(tail=100)
         except NbdeployError as exc:
             self._fail(str(exc))
             return
-        self.deployment_logs.value = (
-            f"<details open><summary>logs of {esc(name)}</summary>"
-            f"<div style='{LOG_STYLE}'>{esc(text or '(empty)')}</div></details>"
+        lines = [esc(line) for line in (text or "(empty)").rstrip("\n").splitlines()]
+        row.logs_view.value = (
+            f"<details open><summary>logs of {esc(name)}</summary>{log_html(lines)}</details>"
         )
 
     def open_demo(self, name: str) -> None:
@@ -349,9 +487,8 @@ class DeployPanel(widgets.VBox):
             rendered = esc(line)
         with self._log_lock:
             self.log_lines.append(line)
-            self._log_html.append(rendered)
-            shown = "<br>".join(self._log_html[-MAX_LOG_LINES:])
-            self.log_view.value = f"<div style='{LOG_STYLE}'>{shown}</div>"
+            self._log_html.append(rendered.rstrip("\n"))
+            self.log_view.value = log_html(self._log_html[-MAX_LOG_LINES:])
 
     def _fail(self, message: str) -> None:
         self.last_error = message
@@ -416,6 +553,13 @@ class DeployPanel(widgets.VBox):
 
     def _deploy(self, variable: str, model: Any, sample: Any) -> None:
         quantize = self.quantize_picker.value
+        steps: list[ProgressEvent] = []
+
+        def progress(event: ProgressEvent) -> None:
+            if not event.detail:
+                steps.append(event)
+            self._progress(event)
+
         self.endpoint = api.deploy(
             self.artifact if self.artifact is not None else model,
             sample,
@@ -423,7 +567,19 @@ class DeployPanel(widgets.VBox):
             quantize=None if quantize == "none" else quantize,
             runtime=self.runtime_picker.value,
             auth=self.auth_box.value,
-            progress=self._progress,
+            progress=progress,
         )
         self._log(f"deployed {self.endpoint.name} v{self.endpoint.version}: {self.endpoint.url}")
         self.refresh()
+        self.summary = deploy_summary(
+            self.endpoint,
+            model,
+            sample,
+            progress=progress,
+            steps=steps,
+            bench=self.bench_box.value,
+            demo=self.demo_box.value,
+            bench_seconds=self.bench_seconds,
+            report=self.report,
+        )
+        self._show(self.summary)

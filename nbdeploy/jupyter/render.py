@@ -464,10 +464,19 @@ class DeploymentTable:
         return _format.text_table(DEPLOYMENT_HEADERS, self._cells())
 
 
-def progress_html(steps: Sequence[ProgressEvent], *, done: bool = False) -> str:
-    """The live view ``%deploy`` updates in place while it works."""
+def progress_html(
+    steps: Sequence[ProgressEvent], *, done: bool = False, failed: str | None = None
+) -> str:
+    """The live view ``%deploy`` updates in place while it works; ``failed`` ends it with a ✗."""
     items = "".join(f"<div>{esc(str(step))}</div>" for step in steps[:-1])
     current = str(steps[-1]) if steps else "starting"
+    if failed is not None:
+        stage = steps[-1].stage if steps else "deploy"
+        return (
+            f"<div style='{CARD_STYLE};font-family:monospace;font-size:90%'>"
+            f"<div style='color:#57606a'>{items}</div><div style='color:#cf222e'><b>&#10007; "
+            f"{esc(stage)} failed: {esc(failed)}</b></div></div>"
+        )
     marker = "&#10003;" if done else "&#8987;"
     return (
         f"<div style='{CARD_STYLE};font-family:monospace;font-size:90%'>"

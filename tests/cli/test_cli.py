@@ -114,3 +114,25 @@ def test_cli_deploy_status_logs_stop(onnx_file: Path, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         cli.main(["deploy", str(onnx_file)])
     assert "--name" in capsys.readouterr().err
+
+
+def test_quickstart_leaves_another_sessions_deployment_alone(
+    onnx_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbdeploy import api, quickstart
+
+    assert quickstart.NAME == "example-digits"
+    with monkeypatch.context() as patch:
+        patch.setattr("nbdeploy.deployment.session_owner", lambda: "kernel k1 on elsewhere")
+        api.deploy(str(onnx_file), name="example-digits", runtime="process")
+    try:
+        code = cli.main(["quickstart", "--name", "example-digits", "--runtime", "process"])
+        assert code == 2
+        assert capsys.readouterr().err.strip() == (
+            "nbdeploy quickstart: error: a deployment named 'example-digits' is running, made by"
+            " kernel k1 on elsewhere; choose another name with --name, or stop it first"
+            " (nbdeploy stop example-digits)"
+        )
+        assert [ep.name for ep in api.deployments()] == ["example-digits"]
+    finally:
+        api.undeploy("example-digits")

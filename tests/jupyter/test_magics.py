@@ -48,6 +48,15 @@ def test_extension_registers_the_magics(ip):
     assert any(isinstance(c, DeployMagic) for c in ip.configurables)
 
 
+def test_load_ext_puts_the_panel_in_the_namespace_without_an_import(ip):
+    from nbdeploy.jupyter.panel import DeployPanel
+
+    assert ip.user_ns["DeployPanel"] is DeployPanel
+    assert "DeployPanel" in ip.user_ns_hidden, "not listed by %who, not offered as a model"
+    ip.run_cell("panel = DeployPanel()")
+    assert isinstance(ip.user_ns["panel"], DeployPanel)
+
+
 def test_deploy_serves_the_model_then_lists_and_stops_it(ip, linear, capsys):
     weight, bias = linear
     endpoint = ip.run_line_magic("deploy", "path --sample x[:8] --name t1 --runtime process")
@@ -141,6 +150,30 @@ def test_bench_adds_in_process_and_http_rows(ip, linear, capsys):
     assert any(" http-binary " in row and row.endswith("ok") for row in rows), out
 
 
+def test_undeploy_all_asks_before_stopping_another_sessions_deployments(
+    ip, linear, capsys, monkeypatch
+):
+    with monkeypatch.context() as patch:
+        patch.setattr("nbdeploy.deployment.session_owner", lambda: "kernel k-other on elsewhere")
+        nbd.deploy(ip.user_ns["path"], name="theirs", runtime="process")
+    ip.run_line_magic("deploy", "path --name mine --runtime process")
+    capsys.readouterr()
+
+    with pytest.raises(DeployMagicError) as caught:
+        ip.run_line_magic("undeploy", "--all")
+
+    assert str(caught.value) == (
+        "not stopping 1 deployment(s) made by another session: theirs (kernel k-other on"
+        " elsewhere); %undeploy --all --force stops them too"
+    )
+    assert "stopped mine" in capsys.readouterr().out, "this session's own stop without asking"
+    assert [ep.name for ep in nbd.deployments()] == ["theirs"]
+
+    ip.run_line_magic("undeploy", "--all -f")
+    assert "stopped theirs" in capsys.readouterr().out
+    assert nbd.deployments() == []
+
+
 def test_undeploy_all_stops_everything(ip, linear, capsys):
     for name in ("a1", "a2"):
         ip.run_line_magic("deploy", f"path --name {name} --runtime process")
@@ -166,6 +199,18 @@ def test_undeploy_all_stops_everything(ip, linear, capsys):
         ("path --runtime cloud", "invalid choice: 'cloud'"),
         ("path --name 'bad name!' --runtime process", "bad name!"),
         ("", "the following arguments are required: model"),
+        (
+            "path --quantise int8",
+            "unrecognized arguments: --quantise int8 (did you mean --quantize?)",
+        ),
+        (
+            "pth --sample x",
+            "MODEL: no variable named 'pth' in the notebook namespace; did you mean 'path'?",
+        ),
+        (
+            "path --sample xx",
+            "--sample: no variable named 'xx' in the notebook namespace; did you mean 'x'?",
+        ),
     ],
 )
 def test_bad_input_is_one_readable_error(ip, linear, line, message):
@@ -185,6 +230,37 @@ def test_a_failing_cell_prints_one_line_not_a_traceback(ip, linear, capsys):
     assert shown == (
         "nbdeploy: MODEL: no variable named 'nosuch' in the notebook namespace (found: path)"
     )
+
+
+def test_an_unquoted_path_suggests_quoting_it(ip, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_linear(tmp_path / "model.onnx")
+
+    with pytest.raises(DeployMagicError) as caught:
+        ip.run_line_magic("deploy", "model.onnx --runtime process")
+
+    assert str(caught.value) == (
+        "MODEL: no variable named 'model' in the notebook namespace;"
+        ' did you mean %deploy "model.onnx"?'
+    )
+    endpoint = ip.run_line_magic("deploy", '"model.onnx" --runtime process --name quoted')
+    assert endpoint.name == "quoted"
+
+
+def test_a_failed_deploy_ends_its_progress_with_a_cross(ip, tmp_path, capsys):
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_text("not a model")
+
+    result = ip.run_cell(f"%deploy '{bogus}' --runtime process")
+
+    assert isinstance(result.error_in_exec, DeployMagicError)
+    lines = ANSI.sub("", capsys.readouterr().out).strip().splitlines()
+    assert lines[-2:] == [
+        "  \u2717 export failed",
+        f"nbdeploy: {bogus} is not an ONNX model: onnx cannot parse it"
+        " (Error parsing message with type 'onnx.ModelProto'); to serve the model object itself"
+        " instead, pass fallback='python' (%deploy --python)",
+    ], lines
 
 
 def test_undeploy_errors(ip):
@@ -237,6 +313,8 @@ def test_in_a_notebook_the_summary_is_html_and_errors_are_error_outputs(tmp_path
     from nbclient import NotebookClient
 
     path = save_linear(tmp_path / "linear.onnx")
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_text("not a model")
     cells = [
         "%load_ext nbdeploy\n"
         "%config DeployMagic.runtime = 'process'\n"
@@ -247,6 +325,7 @@ def test_in_a_notebook_the_summary_is_html_and_errors_are_error_outputs(tmp_path
         "%deploy nosuch",
         "%deployments",
         "ep.stop()",
+        f"%deploy '{bogus}'",
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     client = NotebookClient(notebook, timeout=180, kernel_name="python3", allow_errors=True)
@@ -272,6 +351,12 @@ def test_in_a_notebook_the_summary_is_html_and_errors_are_error_outputs(tmp_path
 
     assert "<table" in listed[0].data["text/html"] and "nb1" in listed[0].data["text/html"]
     assert [o.output_type for o in notebook.cells[4].outputs] == []
+
+    card, error = notebook.cells[5].outputs
+    assert card.output_type == "display_data" and error.output_type == "error"
+    page = card.data["text/html"]
+    assert "&#10007; export failed: " in page and "is not an ONNX model" in page
+    assert "&#8987;" not in page, "no step is left looking as if it still ran"
 
 
 def test_demo_flag_starts_the_demo_page(ip, linear, capsys):

@@ -71,8 +71,8 @@ def test_quickstart_torch(run_notebook):
     notebook = run_notebook("quickstart_torch.ipynb")
     text = text_of(notebook)
     assert "test accuracy" in text and "int8:" in text
-    assert "DemoServer(name='digits', url='http://127.0.0.1:" in text
-    versions = [row for row in nbd.models() if row["name"] == "digits"]
+    assert "DemoServer(name='example-digits', url='http://127.0.0.1:" in text
+    versions = [row for row in nbd.models() if row["name"] == "example-digits"]
     assert len(versions) == 1 and versions[0]["variant"].startswith("int8")
 
 
@@ -82,7 +82,7 @@ def test_keras_tabular(run_notebook):
 
     notebook = run_notebook("keras_tabular.ipynb")
     assert "endpoint accuracy" in text_of(notebook)
-    spec = demo_spec(ModelRepository().get("breast-cancer"))
+    spec = demo_spec(ModelRepository().get("example-breast-cancer"))
     assert spec["kind"] == "tabular"
     assert spec["preprocessing"]["feature_names"][0] == "mean radius"
     assert spec["labels"] == ["malignant", "benign"]
@@ -91,8 +91,8 @@ def test_keras_tabular(run_notebook):
 def test_onnx_file(run_notebook, tmp_path):
     notebook = run_notebook("onnx_file.ipynb")
     text = text_of(notebook)
-    assert "iris-cli v1 is serving at http://127.0.0.1:" in text
-    assert "stopped iris-cli" in text
+    assert "example-iris-cli v1 is serving at http://127.0.0.1:" in text
+    assert "stopped example-iris-cli" in text
     assert "agrees with scikit-learn on all 150 rows" in text
     assert (tmp_path / "iris.onnx").is_file()
 

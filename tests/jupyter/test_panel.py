@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
@@ -92,8 +94,19 @@ def test_deploy_lists_the_deployment_and_stop_stops_it(linear):
     row = panel.deployment_rows["p1"]
     assert isinstance(row, DeploymentRow) and "running" in row.label.value
 
+    summary = panel.summary
+    assert summary is not None and "p1 v1 is running on the process runtime" in repr(summary)
+    shown = panel.results.outputs[-1]["data"]
+    assert shown["text/html"] == summary._repr_html_()
+    assert (
+        "/v2/models/p1/infer" in shown["text/html"]
+        and "Authorization: Bearer" in shown["text/html"]
+    )
+
     row.logs_button.click()
-    assert "logs of p1" in panel.deployment_logs.value
+    assert "logs of p1" in row.logs_view.value, "the logs open inside the row that asked"
+    row.logs_button.click()
+    assert row.logs_view.value == ""
 
     _click(panel, row.stop_button)
 
@@ -225,3 +238,98 @@ def test_a_dataframe_pipeline_is_picked_benchmarked_and_deployed():
     answers = nbd.get("frame").predict_frame(case.test)
     assert (answers["label"].to_numpy() == case.model.predict(case.test).astype(str)).all()
     nbd.undeploy("frame")
+
+
+def test_the_log_is_single_spaced_and_scrolled_to_the_newest_line(linear):
+    panel = DeployPanel(namespace=linear[0])
+    for i in range(3):
+        panel._log(f"line {i}\n")
+    page = panel.log_view.value
+    assert "<br>" not in page and "\n" not in page
+    assert page.count("<div style='white-space:pre-wrap;margin:0'>") == 3
+    assert "flex-direction:column-reverse" in page, "a reversed column stays scrolled to the end"
+    assert page.index("line 0") < page.index("line 2")
+
+
+def test_the_list_refreshes_itself_while_the_panel_is_displayed(linear, tmp_path):
+    namespace = linear[0]
+    shell = InteractiveShell.instance()
+    panel = DeployPanel(namespace=namespace)
+    panel.refresh_interval = 0.2
+    assert not panel.auto_refreshing
+    shell.display_formatter.format(panel)  # what displaying the panel in a cell does
+    assert panel.auto_refreshing
+    try:
+        nbd.deploy(namespace["onnx_path"], name="p-auto", runtime="process")
+        deadline = time.monotonic() + 30
+        while "p-auto" not in panel.deployment_rows and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "p-auto" in panel.deployment_rows, "appeared without pressing refresh"
+        assert "p-auto" in panel.deployments_box.children[0].label.value
+    finally:
+        panel.close()
+    panel._refresher.join(timeout=5)
+    assert not panel.auto_refreshing, "closing the panel stops the timer"
+
+
+def test_stopping_another_sessions_deployment_asks_first(linear, monkeypatch):
+    namespace = linear[0]
+    with monkeypatch.context() as patch:
+        patch.setattr("nbdeploy.deployment.session_owner", lambda: "kernel other on elsewhere")
+        nbd.deploy(namespace["onnx_path"], name="p-theirs", runtime="process")
+    nbd.deploy(namespace["onnx_path"], name="p-mine", runtime="process")
+    panel = DeployPanel(namespace=namespace)
+    theirs, mine = panel.deployment_rows["p-theirs"], panel.deployment_rows["p-mine"]
+
+    theirs.stop_button.click()
+    assert theirs.asking and not panel.busy
+    assert theirs.question.value == "stop p-theirs, made by kernel other on elsewhere?"
+    theirs.cancel_button.click()
+    assert not theirs.asking
+    assert sorted(ep.name for ep in nbd.deployments()) == ["p-mine", "p-theirs"]
+
+    _click(panel, mine.stop_button)  # this session's own: no question
+    assert [ep.name for ep in nbd.deployments()] == ["p-theirs"]
+
+    theirs.stop_button.click()
+    _click(panel, theirs.confirm_button)
+    assert nbd.deployments() == []
+    assert "stopped p-theirs (version 1)" in panel.log_text
+
+
+def test_in_a_notebook_the_panel_needs_no_import_and_shows_the_deploy_summary(tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = save_linear(tmp_path / "linear.onnx")
+    cells = [
+        "%load_ext nbdeploy\nimport numpy as np\n"
+        f"onnx_path = '{path}'\nx = np.ones((4, 4), np.float32)",
+        "panel = DeployPanel()\npanel.refresh_interval = 0.2\npanel",
+        "panel.model_picker.value = 'onnx_path'\npanel.sample_picker.value = 'x'\n"
+        "panel.name_box.value = 'p-nb'\npanel.runtime_picker.value = 'process'\n"
+        "panel.deploy_button.click()\npanel.wait(300)\nprint(panel.last_error)\npanel.summary",
+        "import time\nimport nbdeploy as nbd\n"
+        "nbd.deploy(onnx_path, name='p-api', runtime='process')\n"
+        "deadline = time.monotonic() + 30\n"
+        "while 'p-api' not in panel.deployment_rows and time.monotonic() < deadline:\n"
+        "    time.sleep(0.1)\n"
+        "print(sorted(panel.deployment_rows))",
+        "panel.close()\npanel._refresher.join(5)\nprint('refreshing:', panel.auto_refreshing)",
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    client = NotebookClient(notebook, timeout=300, kernel_name="python3")
+    try:
+        client.execute()
+    finally:
+        for endpoint in nbd.deployments():
+            endpoint.stop()
+    shown, deployed, listed, closed = (notebook.cells[i].outputs for i in (1, 2, 3, 4))
+
+    assert "application/vnd.jupyter.widget-view+json" in shown[0].data
+    assert deployed[0].text == "None\n"
+    summary = deployed[1].data
+    assert "p-nb v1 is running on the process runtime" in summary["text/plain"]
+    assert "/v2/models/p-nb/infer" in summary["text/html"]
+    assert listed[0].text == "['p-api', 'p-nb']\n", "the list refreshed by itself"
+    assert closed[0].text == "refreshing: False\n"
