@@ -124,8 +124,24 @@ def benchmark(
             duration_s=duration_s,
             warmup=warmup,
         )
+        _save_endpoint_benchmark(endpoint, http)
         report = http if report is None else report.merge(http)
     return report
+
+
+def _save_endpoint_benchmark(endpoint: Endpoint, report: BenchmarkReport) -> None:
+    """Keep an endpoint's HTTP figures with its deployment, so every surface lists them (and
+    they survive a kernel restart)."""
+    from nbdeploy.store import Store
+
+    if not any(r.ok and r.p50_ms is not None for r in report.results):
+        return
+    Store().add_endpoint_benchmark(
+        deployment_id=endpoint.deployment_id,
+        name=endpoint.name,
+        version=endpoint.version,
+        report=report.to_dict(),
+    )
 
 
 def register(artifact: ModelArtifact | str | Path, *, name: str | None = None) -> ModelArtifact:
@@ -296,6 +312,30 @@ def demo_url(name: str, *, jupyter_root: str | None = None) -> str | None:
         except NbdeployError:
             pass
     return next((server.url for server in demos.running_demos() if server.name == name), None)
+
+
+def links(name: str) -> dict[str, str | None]:
+    """Where to open deployment ``name``: ``endpoint`` and ``demo`` go through the Jupyter
+    server this kernel runs under when its nbdeploy extension is loaded (paths under its base
+    URL), else straight to 127.0.0.1; ``endpoint_direct`` / ``demo_direct`` are the latter.
+    ``demo`` and ``demo_direct`` are None while there is no demo to open."""
+    from nbdeploy.demo import links as find
+
+    return find(name)
+
+
+def record_jupyter_server(*, base_url: str, root_dir: str, voila: bool) -> Path:
+    """Note where the Jupyter server of this process is (its nbdeploy extension calls this)."""
+    from nbdeploy.demo import record_jupyter_server as record
+
+    return record(base_url=base_url, root_dir=root_dir, voila=voila)
+
+
+def forget_jupyter_server() -> None:
+    """Remove this process's Jupyter server note (on the server's shutdown)."""
+    from nbdeploy.demo import forget_jupyter_server as forget
+
+    forget()
 
 
 def select_variant(

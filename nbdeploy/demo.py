@@ -61,7 +61,20 @@ class DemoServer:
         return self.url
 
     def _repr_html_(self) -> str:
-        return f'demo of <b>{self.name}</b>: <a href="{self.url}" target="_blank">{self.url}</a>'
+        """The link through the Jupyter server this kernel runs under when there is one (a
+        remote user's browser reaches only that), the direct 127.0.0.1 link second."""
+        from html import escape
+
+        try:
+            primary = links(self.name)["demo"] or self.url
+        except (DeployError, OSError):
+            primary = self.url
+        shown = f'<a href="{escape(primary)}" target="_blank">{escape(primary)}</a>'
+        if primary != self.url:
+            shown += (
+                f' (direct: <a href="{escape(self.url)}" target="_blank">{escape(self.url)}</a>)'
+            )
+        return f"demo of <b>{escape(self.name)}</b>: {shown}"
 
 
 def demo_path(name: str) -> Path:
@@ -419,3 +432,94 @@ def voila_extension_path(name: str, root_dir: str | Path) -> str:
             f" with write_demo({name!r}, directory=...)"
         ) from None
     return f"voila/render/{relative.as_posix()}"
+
+
+def inline_demo(name: str, *, top_k: int = DEFAULT_TOP_K) -> Any:
+    """The demo of the active deployment ``name`` as a widget for the notebook's cell output.
+
+    The very page the Voila demo runs (``_demo_template.DemoApp`` built from the same
+    :func:`demo_spec`), calling the same endpoint from the kernel, with the page's style.
+    """
+    from nbdeploy import _demo_template as page
+    from nbdeploy.deployment import current
+    from nbdeploy.repository import ModelRepository
+
+    serving = current(name)
+    artifact = ModelRepository().get(name, serving.version)
+    spec = demo_spec(artifact, top_k=top_k)
+    return page.show_demo(serving.url, serving.token, spec["model"], spec)
+
+
+# --- where the Jupyter server this kernel runs under is (written by the server extension) -----
+
+
+def _jupyter_record(pid: int) -> Path:
+    return _settings.home() / "jupyter" / f"{pid}.json"
+
+
+def record_jupyter_server(*, base_url: str, root_dir: str, voila: bool) -> Path:
+    """Note that a Jupyter server with nbdeploy's extension runs in this process: its base URL,
+    root dir and whether Voila's extension is loaded, so its kernels link through it."""
+    path = _jupyter_record(os.getpid())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {
+        "pid": os.getpid(),
+        "start_time": _procs.start_time(os.getpid()),
+        "base_url": base_url if base_url.endswith("/") else base_url + "/",
+        "root_dir": str(root_dir),
+        "voila": bool(voila),
+    }
+    scratch = path.with_name(f".{path.name}.tmp")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(info, handle)
+    os.replace(scratch, path)
+    return path
+
+
+def forget_jupyter_server() -> None:
+    """Remove this process's Jupyter server record (the server is shutting down)."""
+    with contextlib.suppress(OSError):
+        _jupyter_record(os.getpid()).unlink()
+
+
+def jupyter_server() -> dict[str, Any] | None:
+    """The Jupyter server this process is (the extension's own process) or runs under (a kernel
+    it started), as recorded by nbdeploy's server extension; None outside Jupyter."""
+    launcher = os.environ.get("JPY_PARENT_PID", "")  # set by jupyter_client for its kernels
+    candidates = [os.getpid(), os.getppid()] + ([int(launcher)] if launcher.isdigit() else [])
+    for pid in dict.fromkeys(candidates):
+        try:
+            info = json.loads(_jupyter_record(pid).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and _procs.alive(pid, info.get("start_time")):
+            return info
+    return None
+
+
+def links(name: str) -> dict[str, str | None]:
+    """Where to open the endpoint and the demo of ``name``: through the Jupyter server this
+    runs under when there is one (a path under its base URL, so a remote user's browser
+    reaches it), else directly; the direct 127.0.0.1 URLs as ``*_direct``."""
+    from nbdeploy.deployment import current
+    from nbdeploy.vocabulary import PROXY_PREFIX
+
+    serving = current(name)
+    running = _running(name)
+    demo_direct = running.url if running is not None else None
+    found = {
+        "endpoint": serving.url,
+        "endpoint_direct": serving.url,
+        "demo": demo_direct,
+        "demo_direct": demo_direct,
+    }
+    server = jupyter_server()
+    if server is None:
+        return found
+    base = str(server.get("base_url") or "/")
+    found["endpoint"] = f"{base}{PROXY_PREFIX}/{name}/"
+    if server.get("voila") and demo_path(name).exists():
+        with contextlib.suppress(DeployError):
+            found["demo"] = base + voila_extension_path(name, str(server.get("root_dir")))
+    return found

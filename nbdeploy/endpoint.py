@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from functools import cached_property
 from typing import Any
 
@@ -17,6 +18,7 @@ from nbdeploy.vocabulary import (
     PROXY_PREFIX,
     Deployment,
     DeploymentView,
+    LatencySource,
     ServerSettings,
     ServerStatus,
 )
@@ -142,7 +144,7 @@ class Endpoint:
     def view(self) -> DeploymentView:
         """What every surface shows of this deployment, with its live status."""
         artifact = self._artifact_or_none()
-        latency = benchmark_latency(artifact.benchmark, artifact.variant) if artifact else None
+        latency, source = served_latency(self.record, artifact)
         return DeploymentView(
             name=self.name,
             version=self.version,
@@ -158,6 +160,7 @@ class Endpoint:
             variant=artifact.variant if artifact else None,
             p50_ms=latency["p50_ms"] if latency else None,
             p99_ms=latency["p99_ms"] if latency else None,
+            latency_source=source,
             demo_url=_running_demo_url(self.name),
         )
 
@@ -177,10 +180,31 @@ class Endpoint:
         return f"<Endpoint {self.name} v{self.version} {self.runtime} {self.url}>"
 
     def _repr_html_(self) -> str:
-        return (
-            f"<b>{self.name}</b> v{self.version} &middot; {self.runtime} &middot; "
-            f"<code>{self.record.infer_url}</code> &middot; {self.status}"
+        import html
+
+        from nbdeploy.demo import links
+
+        try:
+            through = links(self.name)["endpoint"]
+        except DeployError:  # stopped meanwhile: only the direct address is left to show
+            through = None
+        direct = f"<code>{html.escape(self.record.infer_url)}</code>"
+        where = (
+            f"<a href='{html.escape(through)}' target='_blank'>through Jupyter</a> &middot; {direct}"
+            if through and not through.startswith("http://127.0.0.1")
+            else direct
         )
+        return (
+            f"<b>{html.escape(self.name)}</b> v{self.version} &middot; {self.runtime} &middot; "
+            f"{where} &middot; {self.status}"
+        )
+
+    def demo(self, *, top_k: int = 5) -> Any:
+        """This endpoint's demo as an inline widget (the Voila demo page's own code), calling it
+        from the kernel; ``nbd.demo(name)`` serves the shareable page."""
+        from nbdeploy.demo import inline_demo
+
+        return inline_demo(self.name, top_k=top_k)
 
 
 def prediction_frame(
@@ -251,6 +275,25 @@ def prediction_frame(
     if index is not None and len(index) != rows:
         index = None
     return pd.DataFrame(columns, index=index)
+
+
+def served_latency(
+    record: Deployment, artifact: Any
+) -> tuple[dict[str, Any] | None, LatencySource | None]:
+    """The latency to list for a deployment and where it was measured: the latest HTTP
+    benchmark of this deployment when there is one (``endpoint``), else the artifact's
+    in-process benchmark (``in-process``), else nothing."""
+    from nbdeploy.store import Store
+
+    try:
+        saved = Store().endpoint_benchmark(record.id, name=record.name, version=record.version)
+    except sqlite3.Error:
+        saved = None
+    latency = benchmark_latency(saved["report"], None) if saved else None
+    if latency is not None:
+        return latency, "endpoint"
+    latency = benchmark_latency(artifact.benchmark, artifact.variant) if artifact else None
+    return latency, "in-process" if latency is not None else None
 
 
 def benchmark_latency(report: dict[str, Any] | None, variant: str | None) -> dict[str, Any] | None:

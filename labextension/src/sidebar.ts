@@ -7,7 +7,7 @@ import {
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import { IDeployment, jupyterURL, stopDeployment } from './api';
+import { IDeployment, jupyterURL, startDemo, stopDeployment } from './api';
 import { DeploymentsModel } from './model';
 
 const STATUS_CLASSES: Record<string, string> = {
@@ -49,11 +49,76 @@ function button(
   return node;
 }
 
-function formatMs(value: number | null): string {
-  if (value === null || value === undefined) {
-    return 'p50 n/a';
+const STATUS_REASONS: Record<string, string> = {
+  starting: 'starting: the server is loading the model',
+  restarting:
+    'restarting: the server stopped and is being started again; see Logs',
+  exited: 'exited: the server process is gone; see Logs',
+  missing: 'missing: no server is found for this deployment; see Logs'
+};
+
+/**
+ * The status dot's tooltip: the status, and why when the endpoint is not answering.
+ */
+export function statusReason(row: IDeployment): string {
+  if (row.status === 'running') {
+    return `running: the endpoint answers at ${row.url}`;
   }
-  return `p50 ${value < 10 ? value.toFixed(2) : value.toFixed(1)} ms`;
+  return STATUS_REASONS[row.status] ?? `${row.status}: see Logs`;
+}
+
+const EMPTY_STATE_MAGIC = '%deploy model --sample x[:8] --name my-model';
+
+/**
+ * Milliseconds as nbdeploy's Python side prints them (`nbdeploy._format.ms`).
+ */
+function ms(value: number | null): string {
+  if (value === null || value === undefined || !Number.isFinite(value)) {
+    return '';
+  }
+  if (value >= 100) {
+    return value.toFixed(0);
+  }
+  if (value >= 10) {
+    return value.toFixed(1);
+  }
+  return value >= 1 ? value.toFixed(2) : value.toFixed(3);
+}
+
+/**
+ * The latency a row shows, and where it was measured: over HTTP on this endpoint, in-process
+ * only (said so), or nothing measured yet (never a made-up 0.00 ms).
+ */
+function latency(row: IDeployment): { text: string; title: string } {
+  if (row.latency_source === 'endpoint' && row.p50_ms !== null) {
+    const p99 = row.p99_ms !== null ? ` · p99 ${ms(row.p99_ms)} ms` : '';
+    return {
+      text: `p50 ${ms(row.p50_ms)} ms${p99}`,
+      title: 'measured over HTTP on this endpoint'
+    };
+  }
+  if (row.latency_source === 'in-process' && row.p50_ms !== null) {
+    return {
+      text: `p50 ${ms(row.p50_ms)} ms (in-process)`,
+      title:
+        'measured in-process with onnxruntime, not over HTTP; run %deploy --bench or ' +
+        'nbd.benchmark(ep) to measure the endpoint'
+    };
+  }
+  return {
+    text: 'no latency measured',
+    title: 'run nbd.benchmark(ep) to measure it'
+  };
+}
+
+function copyButton(text: string, action: string): HTMLButtonElement {
+  const copy = button('Copy', action, () => {
+    Clipboard.copyToSystem(text);
+    copy.textContent = 'Copied';
+    window.setTimeout(() => (copy.textContent = 'Copy'), 1500);
+  });
+  copy.title = `Copy ${text}`;
+  return copy;
 }
 
 /**
@@ -114,18 +179,26 @@ export class DeploymentsPanel extends Widget {
 
   private _emptyState(): HTMLElement {
     const item = element('li', 'nbdeploy-empty');
+    const magic = element('div', 'nbdeploy-url');
+    const line = element(
+      'code',
+      'nbdeploy-snippet nbdeploy-magic',
+      EMPTY_STATE_MAGIC
+    );
+    const copy = copyButton(EMPTY_STATE_MAGIC, 'copy-magic');
+    magic.append(line, copy);
     item.append(
-      element('p', '', 'No deployments yet. Deploy a model from a notebook:'),
       element(
-        'pre',
-        'nbdeploy-snippet',
-        'import nbdeploy as nbd\nnbd.deploy(model, sample, name="my-model")'
+        'p',
+        '',
+        'No deployments yet. In a notebook, after %load_ext nbdeploy:'
       ),
-      element('p', '', 'or with the magic:'),
+      magic,
+      element('p', '', 'or from Python:'),
       element(
         'pre',
         'nbdeploy-snippet',
-        '%load_ext nbdeploy\n%deploy model --sample x --name my-model'
+        'import nbdeploy as nbd\nnbd.deploy(model, x[:8], name="my-model")'
       ),
       element('p', '', 'or from a form in the notebook:'),
       button('Insert deploy panel', 'insert-panel', () =>
@@ -145,52 +218,92 @@ export class DeploymentsPanel extends Widget {
       'span',
       `nbdeploy-status ${STATUS_CLASSES[row.status] ?? 'nbdeploy-status-down'}`
     );
-    dot.title = row.status;
+    dot.title = statusReason(row);
     const name = element('span', 'nbdeploy-name', row.name);
     name.title = `${row.name} v${row.version}, ${row.state}, deployed ${row.created_at}`;
+    const measured = latency(row);
+    const p50 = element('span', 'nbdeploy-meta nbdeploy-p50', measured.text);
+    p50.title = measured.title;
     heading.append(
       dot,
       name,
       element('span', 'nbdeploy-meta', `v${row.version}`),
       element('span', 'nbdeploy-meta', `${row.runtime} · ${row.format}`),
-      element('span', 'nbdeploy-meta nbdeploy-p50', formatMs(row.p50_ms))
+      p50
     );
 
+    const proxied = jupyterURL(row.proxy_path);
     const address = element('div', 'nbdeploy-url');
-    const url = element('code', 'nbdeploy-url-text', row.url);
-    url.title = `Inference: ${row.infer_url}\nThrough Jupyter: ${jupyterURL(row.proxy_path)}`;
-    const copy = button('Copy', 'copy-url', () => {
-      Clipboard.copyToSystem(row.infer_url);
-      copy.textContent = 'Copied';
-      window.setTimeout(() => (copy.textContent = 'Copy'), 1500);
-    });
-    copy.title = `Copy ${row.infer_url}`;
-    address.append(url, copy);
+    const url = element('code', 'nbdeploy-url-text', proxied);
+    url.title = `Through Jupyter (log in with your Jupyter token): ${proxied}`;
+    address.append(url, copyButton(proxied, 'copy-url'));
+    const direct = element('div', 'nbdeploy-url nbdeploy-url-secondary');
+    const directText = element('code', 'nbdeploy-url-direct', row.url);
+    directText.title = `Direct, on the Jupyter server's machine: ${row.infer_url}`;
+    direct.append(
+      element('span', 'nbdeploy-meta', 'direct'),
+      directText,
+      copyButton(row.url, 'copy-direct-url')
+    );
 
     const actions = element('div', 'nbdeploy-actions');
-    const demo = button('Open demo', 'open-demo', () => {
-      if (row.demo_url) {
-        window.open(jupyterURL(row.demo_url), '_blank', 'noopener');
-      }
-    });
-    demo.disabled = !row.demo_url;
-    demo.title = row.demo_url
-      ? 'Open the demo page in a new tab'
-      : `No demo is running for ${row.name}: start one with nbdeploy demo ${row.name}`;
+    const running = row.status === 'running';
+    const demo = button(
+      'Open demo',
+      'open-demo',
+      () => void this._openDemo(row.name, demo)
+    );
+    demo.disabled = !running;
+    demo.title = running
+      ? 'Open the demo page in a new tab (starts its server when none runs)'
+      : `${row.name} is not running: ${statusReason(row)}`;
     actions.append(
       demo,
-      button('Stop', 'stop', () => void this._stop(row.name)),
+      button('Stop', 'stop', () => void this._stop(row.name, row.owner)),
       button('Logs', 'logs', () => this._actions.openLogs(row.name))
     );
 
-    item.append(heading, address, actions);
+    item.append(heading, address, direct, actions);
     return item;
   }
 
-  private async _stop(name: string): Promise<void> {
+  /**
+   * Start the demo's server when none runs and open it through Jupyter. The tab is opened
+   * before the request (a browser allows a pop-up only straight from the click).
+   */
+  private async _openDemo(
+    name: string,
+    demo: HTMLButtonElement
+  ): Promise<void> {
+    const tab = window.open('', '_blank');
+    demo.disabled = true;
+    demo.textContent = 'Starting demo…';
+    try {
+      const link = await startDemo(name);
+      const target = jupyterURL(link.url);
+      if (tab) {
+        tab.opener = null;
+        tab.location.href = target;
+      } else {
+        window.open(target, '_blank', 'noopener');
+      }
+    } catch (error) {
+      tab?.close();
+      await showErrorMessage(
+        `Could not open the demo of ${name}`,
+        error as Error
+      );
+    } finally {
+      demo.disabled = false;
+      demo.textContent = 'Open demo';
+    }
+  }
+
+  private async _stop(name: string, owner: string): Promise<void> {
+    const madeBy = owner ? ` It was deployed by ${owner}.` : '';
     const answer = await showDialog({
       title: `Stop ${name}?`,
-      body: `The endpoint of ${name} stops answering; its versions stay registered.`,
+      body: `The endpoint of ${name} stops answering; its versions stay registered.${madeBy}`,
       buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Stop' })]
     });
     if (!answer.button.accept) {

@@ -24,7 +24,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect
 
 import nbdeploy as nbd
-from nbdeploy.demo import write_demo
+from nbdeploy import api
 from nbdeploy.runtimes import free_port
 from tests.helpers.browser import chromium_context, chromium_missing
 from tests.helpers.onnx_models import save_linear
@@ -212,22 +212,38 @@ def test_sidebar_lists_opens_logs_and_stops_a_deployment(
     expect(row.locator(".nbdeploy-status")).to_have_class("nbdeploy-status nbdeploy-status-ok")
     expect(row).to_contain_text(f"v{endpoint.version}")
     expect(row).to_contain_text("process")
-    expect(row.locator(".nbdeploy-url-text")).to_have_text(endpoint.url)
-    expect(row.locator(".nbdeploy-p50")).to_have_text(re.compile(r"^p50 \d+\.\d+ ms$"))
-    demo_button = row.locator('[data-action="open-demo"]')
-    expect(demo_button).to_be_disabled()
+    # Remote-style: the endpoint and the demo are opened only through Jupyter's URL.
+    proxied = f"{lab.url}/nbdeploy/proxy/{NAME}/"
+    expect(row.locator(".nbdeploy-url-text")).to_have_text(proxied)
+    expect(row.locator(".nbdeploy-url-direct")).to_have_text(endpoint.url)
+    expect(row.locator(".nbdeploy-status")).to_have_attribute(
+        "title", f"running: the endpoint answers at {endpoint.url}"
+    )
+    expect(row.locator(".nbdeploy-p50")).to_have_text(
+        re.compile(r"^p50 \d+(\.\d+)? ms( \(in-process\)| · p99 \d+(\.\d+)? ms)$")
+    )
+    metadata = httpx.get(f"{proxied}v2/models/{NAME}", headers=lab.auth, timeout=30)
+    assert metadata.status_code == 200 and metadata.json()["name"] == NAME
+    assert httpx.get(f"{proxied}v2/models/{NAME}", timeout=30).status_code in (302, 403)
+    (record,) = (lab.home / "jupyter").glob("*.json")
+    assert json.loads(record.read_text())["voila"] is True
     shoot(page, "sidebar")
 
-    write_demo(NAME)
+    # No demo server runs yet: Open demo starts one and lands on a page of Jupyter's origin.
+    assert api.links(NAME)["demo_direct"] is None
+    demo_button = row.locator('[data-action="open-demo"]')
     expect(demo_button).to_be_enabled()
     with page.context.expect_page() as opened:
         demo_button.click()
     demo = opened.value
-    demo.wait_for_load_state()
-    assert demo.url.startswith(f"{lab.url}/voila/render/demos/{NAME}.ipynb")
+    demo.wait_for_url(f"{lab.url}/voila/render/demos/{NAME}.ipynb*", timeout=60_000)
     expect(demo.get_by_role("button", name="Predict")).to_be_visible(timeout=60_000)
+    demo.get_by_role("button", name="Predict").click()
+    expect(demo.locator(".nbd-latency")).to_be_visible(timeout=30_000)
     shoot(demo, "demo")
     demo.close()
+    assert api.links(NAME)["demo_direct"] is not None
+    api.stop_demo(NAME)
 
     row.locator('[data-action="logs"]').click()
     logs = page.locator(".nbdeploy-logs")
@@ -248,6 +264,10 @@ def test_sidebar_lists_opens_logs_and_stops_a_deployment(
     page.locator(".jp-Dialog button.jp-mod-accept").click()
     expect(row).to_have_count(0)
     expect(sidebar.locator(".nbdeploy-empty")).to_contain_text("No deployments yet")
+    expect(sidebar.locator(".nbdeploy-magic")).to_have_text(
+        "%deploy model --sample x[:8] --name my-model"
+    )
+    expect(sidebar.locator('[data-action="copy-magic"]')).to_be_visible()
     shoot(page, "sidebar-after-stop")
 
     listing = lab.api("deployments")
@@ -255,6 +275,26 @@ def test_sidebar_lists_opens_logs_and_stops_a_deployment(
     assert listing.json() == {"deployments": []}
     assert lab.api(f"deployments/{NAME}").status_code == 404
     assert nbd.deployments() == []
+
+
+def test_a_gone_server_says_why_in_its_tooltip(
+    lab: Lab, lab_home: Path, page, tmp_path: Path
+) -> None:
+    import signal
+
+    sample = np.zeros((2, 4), np.float32)
+    endpoint = nbd.deploy(
+        save_linear(tmp_path / "linear.onnx"), sample, name="ui-gone", runtime="process"
+    )
+    os.kill(int(endpoint.handle.ref), signal.SIGKILL)
+    open_lab(page, lab)
+    run_from_palette(page, "nbdeploy: Show deployments")
+    row = page.locator(f'{SIDEBAR} .nbdeploy-row[data-name="ui-gone"]')
+    expect(row.locator(".nbdeploy-status")).to_have_attribute(
+        "title", "exited: the server process is gone; see Logs", timeout=30_000
+    )
+    expect(row.locator('[data-action="open-demo"]')).to_be_disabled()
+    shoot(page, "sidebar-exited")
 
 
 def test_insert_deploy_panel_adds_the_cell(lab: Lab, lab_home: Path, page) -> None:

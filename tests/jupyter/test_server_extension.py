@@ -105,7 +105,14 @@ async def test_list_and_detail_show_the_deployment_and_its_benchmark(
     assert row["proxy_path"] == f"nbdeploy/proxy/{NAME}/"
     assert row["p50_ms"] == measured["p50_ms"]
     assert row["p99_ms"] == measured["p99_ms"]
+    assert row["latency_source"] == "in-process"
     assert row["demo_url"] is None
+
+    http = nbd.benchmark(endpoint, SAMPLE, concurrency=(1, 2), payloads=["json"], duration_s=0.3)
+    over_http = next(r for r in http.results if r.concurrency == 1 and r.batch_size == 1)
+    (row,) = (await fetch_json(jp_fetch, "nbdeploy", "api", "deployments"))["deployments"]
+    assert row["latency_source"] == "endpoint"
+    assert (row["p50_ms"], row["p99_ms"]) == (over_http.p50_ms, over_http.p99_ms)
 
     write_demo(NAME)
     (row,) = (await fetch_json(jp_fetch, "nbdeploy", "api", "deployments"))["deployments"]
@@ -317,3 +324,56 @@ def test_benchmark_latency_prefers_the_served_variant_at_batch_one() -> None:
     assert benchmark_latency(report, "fp32")["p99_ms"] == 2.0
     assert benchmark_latency(None, "fp32") is None
     assert benchmark_latency({"results": [report["results"][3]]}, "int8") is None
+
+
+async def test_the_extension_records_where_it_is_for_its_kernels(
+    jp_fetch, jp_base_url: str, nbdeploy_home: Path, onnx_path: Path, stop_all: None
+) -> None:
+    import os
+    import stat
+
+    from nbdeploy import api
+
+    await jp_fetch("nbdeploy", "api", "deployments")
+    record = nbdeploy_home / "jupyter" / f"{os.getpid()}.json"
+    info = json.loads(record.read_text())
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert info["base_url"] == jp_base_url.rstrip("/") + "/"
+    assert Path(info["root_dir"]).resolve() == nbdeploy_home.resolve()
+    assert info["voila"] is True
+
+    endpoint = deploy(nbd.export(onnx_path, None, name=NAME))
+    links = api.links(NAME)
+    assert links["endpoint"] == f"{info['base_url']}nbdeploy/proxy/{NAME}/"
+    assert links["endpoint_direct"] == endpoint.url
+    assert links["demo"] is None and links["demo_direct"] is None
+    write_demo(NAME)
+    assert api.links(NAME)["demo"] == f"{info['base_url']}voila/render/demos/{NAME}.ipynb"
+
+    api.forget_jupyter_server()
+    assert not record.exists()
+    assert api.links(NAME)["endpoint"] == endpoint.url
+
+
+async def test_post_demo_starts_the_demo_server_and_answers_a_jupyter_path(
+    jp_fetch, onnx_path: Path, stop_all: None
+) -> None:
+    from nbdeploy import api
+
+    deploy(nbd.export(onnx_path, None, name=NAME))
+    try:
+        reply = await fetch_json(
+            jp_fetch, "nbdeploy", "api", "deployments", NAME, "demo", method="POST", body=""
+        )
+        assert reply["url"] == f"voila/render/demos/{NAME}.ipynb"
+        assert reply["direct_url"].startswith("http://127.0.0.1:")
+        page = await jp_fetch(*reply["url"].split("/"))
+        assert page.code == 200 and f"{NAME}: live demo" in page.body.decode()
+        (row,) = (await fetch_json(jp_fetch, "nbdeploy", "api", "deployments"))["deployments"]
+        assert row["demo_url"] == reply["url"]
+    finally:
+        api.stop_demo(NAME)
+    code, body = await fetch_error(
+        jp_fetch, "nbdeploy", "api", "deployments", "nope", "demo", method="POST", body=""
+    )
+    assert code == 404 and "nope" in body["error"]

@@ -38,9 +38,28 @@ def routes(base_url: str) -> list[tuple[str, type]]:
         (api(f"deployments/{NAME}/rollback"), handlers.RollbackHandler),
         (api(f"deployments/{NAME}/logs"), handlers.LogsHandler),
         (api(f"deployments/{NAME}/metrics"), handlers.MetricsHandler),
+        (api(f"deployments/{NAME}/demo"), handlers.DemoHandler),
         (api("(?P<path>.*)"), handlers.NotFoundHandler),
         (url_path_join(base_url, PROXY_PREFIX, NAME) + r"(?P<path>/.*)?", ProxyHandler),
     ]
+
+
+def _record_server(server_app: Any, base_url: str, *, voila_loaded: bool) -> None:
+    """Tell this server's kernels where it is (NBDEPLOY_HOME/jupyter/<pid>.json, owner-only,
+    removed at exit), so the links they show go through it."""
+    import atexit
+
+    from nbdeploy import api
+    from nbdeploy._errors import NbdeployError
+
+    try:
+        api.record_jupyter_server(
+            base_url=base_url, root_dir=str(server_app.root_dir), voila=voila_loaded
+        )
+    except (NbdeployError, OSError) as exc:
+        server_app.log.warning("nbdeploy: cannot record this server for its kernels: %s", exc)
+        return
+    atexit.register(api.forget_jupyter_server)
 
 
 def _load_jupyter_server_extension(server_app: Any) -> None:
@@ -55,6 +74,7 @@ def _load_jupyter_server_extension(server_app: Any) -> None:
     web_app.settings[VOILA_ROOT] = server_app.root_dir if voila and voila.enabled else None
     base_url = web_app.settings["base_url"]
     web_app.add_handlers(".*$", routes(base_url))
+    _record_server(server_app, base_url, voila_loaded=bool(voila and voila.enabled))
     server_app.log.info(
         "nbdeploy: REST API at %s, endpoint proxy at %s",
         url_path_join(base_url, API_PREFIX),

@@ -190,6 +190,17 @@ class MetricsHandler(NbdeployAPIHandler):
         self.reply({"name": name, "version": endpoint.version, **summary})
 
 
+class DemoHandler(NbdeployAPIHandler):
+    @tornado.web.authenticated
+    async def post(self, name: str) -> None:
+        """Start (or reuse) the demo of ``name``; ``url`` opens it through this Jupyter server
+        when Voila's extension can render it (relative to the base URL), else directly."""
+        await find_endpoint(name)
+        server = await run_blocking(api.demo, name, errors=((DeployError, 409),))
+        url = await run_blocking(api.demo_url, name, jupyter_root=self.voila_root)
+        self.reply({"name": name, "url": url or server.url, "direct_url": server.url})
+
+
 class NotFoundHandler(NbdeployAPIHandler):
     """Any other path under the API prefix: a JSON 404 instead of Jupyter's HTML page."""
 
