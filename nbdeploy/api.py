@@ -303,15 +303,9 @@ def demo_url(name: str, *, jupyter_root: str | None = None) -> str | None:
     demo notebook under it, a path relative to Jupyter's base URL, which works for remote
     users too; otherwise the URL of a running demo server on 127.0.0.1.
     """
-    from nbdeploy import demo as demos
-    from nbdeploy._errors import NbdeployError
+    from nbdeploy.demo import demo_url as find
 
-    if jupyter_root is not None and demos.demo_path(name).exists():
-        try:
-            return demos.voila_extension_path(name, jupyter_root)
-        except NbdeployError:
-            pass
-    return next((server.url for server in demos.running_demos() if server.name == name), None)
+    return find(name, jupyter_root)
 
 
 def links(name: str) -> dict[str, str | None]:

@@ -19,12 +19,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from nbdeploy import _procs, _settings
-from nbdeploy._errors import DeployError
+from nbdeploy._errors import DeployError, NbdeployError
 from nbdeploy.artifact import ModelArtifact
 
 TEMPLATE_FILE = Path(__file__).with_name("_demo_template.py")
@@ -252,12 +253,18 @@ def write_demo(
     )
     target = Path(directory) / f"{name}.ipynb" if directory is not None else demo_path(name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    _write_private(target, lambda handle: nbformat.write(notebook, handle))
+    return target
+
+
+def _write_private(path: Path, write: Callable[[Any], None]) -> None:
+    """Write a file only its owner may read (it holds a token or says where a server is),
+    through a temp file + rename so a reader never sees half of it."""
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        nbformat.write(notebook, handle)
-    os.replace(scratch, target)
-    return target
+        write(handle)
+    os.replace(scratch, path)
 
 
 # ``python -m voila``, minus one import: jsonschema loads ``rfc3987_syntax`` (if installed) for
@@ -321,7 +328,7 @@ def launch_demo(
     from nbdeploy.runtimes.base import ensure_port_free, free_port
 
     notebook = write_demo(name)
-    current = _running(name)
+    current = running_demo(name)
     if current is not None and (port is None or port == current.port):
         server = current
     else:
@@ -390,7 +397,8 @@ def _load_record(path: Path) -> DemoServer | None:
         return None
 
 
-def _running(name: str) -> DemoServer | None:
+def running_demo(name: str) -> DemoServer | None:
+    """The demo server of ``name`` when one runs."""
     server = _load_record(_record_path(name))
     if server is None or not server.alive:
         return None
@@ -469,11 +477,7 @@ def record_jupyter_server(*, base_url: str, root_dir: str, voila: bool) -> Path:
         "root_dir": str(root_dir),
         "voila": bool(voila),
     }
-    scratch = path.with_name(f".{path.name}.tmp")
-    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(info, handle)
-    os.replace(scratch, path)
+    _write_private(path, lambda handle: json.dump(info, handle))
     return path
 
 
@@ -506,7 +510,7 @@ def links(name: str) -> dict[str, str | None]:
     from nbdeploy.vocabulary import PROXY_PREFIX
 
     serving = current(name)
-    running = _running(name)
+    running = running_demo(name)
     demo_direct = running.url if running is not None else None
     found = {
         "endpoint": serving.url,
@@ -519,7 +523,28 @@ def links(name: str) -> dict[str, str | None]:
         return found
     base = str(server.get("base_url") or "/")
     found["endpoint"] = f"{base}{PROXY_PREFIX}/{name}/"
-    if server.get("voila") and demo_path(name).exists():
-        with contextlib.suppress(DeployError):
-            found["demo"] = base + voila_extension_path(name, str(server.get("root_dir")))
+    if server.get("voila"):
+        through = _voila_path(name, str(server.get("root_dir")))
+        if through is not None:
+            found["demo"] = base + through
     return found
+
+
+def demo_url(name: str, jupyter_root: str | None = None) -> str | None:
+    """Where the demo of ``name`` opens: under a Jupyter server's Voila extension when its
+    notebook lies under ``jupyter_root`` (a path relative to Jupyter's base URL), else the URL
+    of its running demo server, else None."""
+    through = _voila_path(name, jupyter_root) if jupyter_root is not None else None
+    if through is not None:
+        return through
+    server = running_demo(name)
+    return server.url if server is not None else None
+
+
+def _voila_path(name: str, root_dir: str) -> str | None:
+    if not demo_path(name).exists():
+        return None
+    try:
+        return voila_extension_path(name, root_dir)
+    except NbdeployError:
+        return None

@@ -143,6 +143,8 @@ class Endpoint:
 
     def view(self) -> DeploymentView:
         """What every surface shows of this deployment, with its live status."""
+        from nbdeploy.demo import demo_url
+
         artifact = self._artifact_or_none()
         latency, source = served_latency(self.record, artifact)
         return DeploymentView(
@@ -161,7 +163,7 @@ class Endpoint:
             p50_ms=latency["p50_ms"] if latency else None,
             p99_ms=latency["p99_ms"] if latency else None,
             latency_source=source,
-            demo_url=_running_demo_url(self.name),
+            demo_url=demo_url(self.name),
         )
 
     def _artifact_or_none(self) -> Any:
@@ -327,9 +329,3 @@ def benchmark_latency(report: dict[str, Any] | None, variant: str | None) -> dic
         "target": best.get("target"),
         "engine": best.get("engine"),
     }
-
-
-def _running_demo_url(name: str) -> str | None:
-    from nbdeploy.demo import running_demos
-
-    return next((server.url for server in running_demos() if server.name == name), None)

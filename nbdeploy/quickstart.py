@@ -10,7 +10,7 @@ import numpy as np
 
 from nbdeploy import _format
 from nbdeploy._errors import InputError
-from nbdeploy.vocabulary import AUTO_CANDIDATES, ProgressEvent, session_owner
+from nbdeploy.vocabulary import AUTO_CANDIDATES, ProgressEvent
 
 NAME = "example-digits"
 """Prefixed so the quickstart never collides with a user's own ``digits``."""
@@ -71,7 +71,7 @@ def check_name_is_free(name: str, *, replace: bool = False) -> None:
     if replace:
         return
     for view in api.deployment_views():
-        if view.name == name and view.owner and view.owner != session_owner():
+        if view.name == name and view.made_elsewhere:
             raise InputError(
                 f"a deployment named {name!r} is running, made by {view.owner}; choose another"
                 f" name with --name, or stop it first (nbdeploy stop {name})"

@@ -180,6 +180,11 @@ class DeploymentView:
     when nothing was measured (surfaces then show no figure, never 0)."""
     demo_url: str | None
 
+    @property
+    def made_elsewhere(self) -> bool:
+        """Deployed by another kernel or process than this one (see :func:`made_elsewhere`)."""
+        return made_elsewhere(self.owner)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -201,6 +206,12 @@ def session_owner() -> str:
     )
     who = f"kernel {kernel}" if kernel else f"process {os.getpid()}"
     return f"{who} on {socket.gethostname()}"
+
+
+def made_elsewhere(owner: str) -> bool:
+    """True for a deployment another kernel or process made, which surfaces ask about before
+    stopping or replacing it; an unknown owner (older records) counts as this session's."""
+    return bool(owner) and owner != session_owner()
 
 
 # ------------------------------------------------------------------------------- progress

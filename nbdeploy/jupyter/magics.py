@@ -35,7 +35,6 @@ from nbdeploy.vocabulary import (
     RUNTIME_CHOICES,
     ProgressEvent,
     Stage,
-    session_owner,
 )
 
 if TYPE_CHECKING:
@@ -317,7 +316,7 @@ class DeployMagic(Magics):
             others: list[str] = []
             if args.all:
                 views = api.deployment_views()
-                names = [v.name for v in views if args.force or not _made_elsewhere(v.owner)]
+                names = [v.name for v in views if args.force or not v.made_elsewhere]
                 others = [f"{v.name} ({v.owner})" for v in views if v.name not in names]
             else:
                 names = args.names
@@ -433,11 +432,6 @@ def _option_hint(message: str, parser: argparse.ArgumentParser) -> str | None:
             if guess:
                 return f"did you mean {guess[0]}?"
     return None
-
-
-def _made_elsewhere(owner: str) -> bool:
-    """True for a deployment another kernel or process made (unknown owners count as ours)."""
-    return bool(owner) and owner != session_owner()
 
 
 def _is_quoted_expression(token: str) -> bool:

@@ -42,7 +42,7 @@ from nbdeploy.vocabulary import (
     DeploymentView,
     ProgressEvent,
     Stage,
-    session_owner,
+    made_elsewhere,
 )
 
 NO_SAMPLE = ""
@@ -363,7 +363,7 @@ class DeployPanel(widgets.VBox):
         row = self.deployment_rows.get(name)
         if row is not None:
             owner = row.owner
-            if not confirmed and owner and owner != session_owner():
+            if not confirmed and made_elsewhere(owner):
                 row.ask(f"stop {name}, made by {owner}?")
                 return
             row.forget_question()

@@ -29,7 +29,7 @@ import sys
 import tarfile
 import tempfile
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -222,13 +222,8 @@ def wheelhouse(progress: Progress | None = None, target: Target = IMAGE_TARGET) 
     """
     pins = pinned_requirements(markers=target.markers)
     key = _digest(json.dumps([pins, list(target.platforms), target.python_version]))[:16]
-    root = cache_dir() / "wheelhouse"
-    final = root / key
-    if (final / "requirements.txt").is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
-    try:
+
+    def fill(scratch: Path) -> None:
         emit(
             progress,
             "image",
@@ -236,10 +231,8 @@ def wheelhouse(progress: Progress | None = None, target: Target = IMAGE_TARGET) 
         )
         _pip_download(pins, scratch, progress, target=target)
         (scratch / "requirements.txt").write_text("\n".join(pins) + "\n")
-        _publish(scratch, final)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return final
+
+    return _cached_wheelhouse(cache_dir() / "wheelhouse" / key, fill)
 
 
 def requirements_wheelhouse(
@@ -263,13 +256,8 @@ def requirements_wheelhouse(
     key = _digest(json.dumps([wanted, server_pins, list(target.platforms), target.python_version]))[
         :16
     ]
-    root = cache_dir() / "requirements"
-    final = root / key
-    if (final / "requirements.txt").is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
-    try:
+
+    def fill(scratch: Path) -> None:
         # The server's wheels, already here, so pip takes them instead of downloading again.
         for wheel in server.glob("*.whl"):
             _link(wheel, scratch / wheel.name)
@@ -313,10 +301,8 @@ def requirements_wheelhouse(
                 pins.append(f"{name}=={version}")
         (scratch / ".constraints.txt").unlink(missing_ok=True)
         (scratch / "requirements.txt").write_text("\n".join(pins) + "\n")
-        _publish(scratch, final)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return final
+
+    return _cached_wheelhouse(cache_dir() / "requirements" / key, fill)
 
 
 def _installed_constraints(requirements: Sequence[str], target: Target) -> list[str]:
@@ -658,10 +644,21 @@ def _digest(data: str | bytes) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
-def _publish(scratch: Path, final: Path) -> None:
-    """Rename a filled wheelhouse into place; another process that got there first wins."""
+def _cached_wheelhouse(final: Path, fill: Callable[[Path], None]) -> Path:
+    """``final`` once complete: filled by ``fill`` in a scratch directory beside it, then
+    renamed into place, so a half-downloaded wheelhouse is never used; another process that
+    got there first wins."""
+    if (final / "requirements.txt").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=final.parent))
     try:
-        os.rename(scratch, final)
-    except OSError:
-        if not (final / "requirements.txt").is_file():
-            raise
+        fill(scratch)
+        try:
+            os.rename(scratch, final)
+        except OSError:
+            if not (final / "requirements.txt").is_file():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return final

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers.browser import chromium_context, chromium_missing
+from tests.helpers.browser import chromium_context, chromium_missing, stop_process
 from tests.helpers.demo import ARTIFACTS, deploy_digits, nbdeploy_home, write_digit_png
 
 pytestmark = [
@@ -201,12 +201,7 @@ def test_the_page_is_reachable_through_jupyter_servers_voila_extension(home_env,
         finally:
             page.close()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+        stop_process(server)
         log.close()
 
 

@@ -13,7 +13,7 @@ import pytest
 from nbformat import v4
 
 from tests.browser.test_demo_browser import endpoint_label, open_demo, predict, upload
-from tests.helpers.browser import chromium_context, chromium_missing
+from tests.helpers.browser import chromium_context, chromium_missing, stop_process
 from tests.helpers.demo import ARTIFACTS, deploy_digits, nbdeploy_home, write_digit_png
 
 pytestmark = [
@@ -82,11 +82,6 @@ def test_a_cell_showing_ep_demo_predicts_the_endpoints_label(tmp_path_factory, t
                 page.screenshot(path=str(ARTIFACTS / "inline-demo.png"), full_page=True)
                 page.close()
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            stop_process(process)
             log.close()
             endpoint.stop()

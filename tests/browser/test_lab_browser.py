@@ -26,7 +26,7 @@ from playwright.sync_api import expect
 import nbdeploy as nbd
 from nbdeploy import api
 from nbdeploy.runtimes import free_port
-from tests.helpers.browser import chromium_context, chromium_missing
+from tests.helpers.browser import chromium_context, chromium_missing, stop_process
 from tests.helpers.onnx_models import save_linear
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,12 +133,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         _wait_until_serving(lab, process, log)
         yield lab
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
 
 
 @pytest.fixture

@@ -90,7 +90,8 @@ def test_one_deploy_line_in_a_notebook_shell_with_benchmark():
             "deploy", "pipe --sample df.head(8) --name pipe --runtime process --bench"
         )
         tabular.assert_answers_match(case, case.test, _answers(endpoint, case.test))
-        assert endpoint.artifact.benchmark is None or endpoint.artifact.benchmark
+        view = endpoint.view()  # --bench measured the endpoint over HTTP and kept the figures
+        assert view.latency_source == "endpoint" and view.p50_ms > 0
     finally:
         for endpoint in nbd.deployments():
             endpoint.stop()

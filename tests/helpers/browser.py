@@ -7,6 +7,7 @@ Playwright's sync API, which runs its own.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,3 +77,13 @@ def predict(page: Any, timeout_ms: int = 120_000) -> tuple[str, str]:
         page.locator(".nbd-output .nbd-top1").inner_text().strip(),
         page.locator(".nbd-output .nbd-top1-p").inner_text().strip(),
     )
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """Stop a server a test started (Jupyter, Voila): politely, then by force."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
