@@ -7,9 +7,10 @@ One short-lived connection per operation keeps it safe across threads, kernels a
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,6 +67,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
+TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
+
 # Columns added after a store was first created, with their definition, for older files.
 ADDED_COLUMNS = {
     "deployments": {"settings": "TEXT NOT NULL DEFAULT '{}'", "owner": "TEXT NOT NULL DEFAULT ''"}
@@ -81,9 +84,37 @@ class Store:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else _settings.db_path()
-        with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(SCHEMA)
+        if not self._schema_current():
+            self._create_schema()
+
+    def _schema_current(self) -> bool:
+        """Whether the file is already in WAL mode with every table and column: a read that
+        takes no lock, so the many short-lived Stores of concurrent processes do not queue."""
+        conn = self._connect()
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                return False
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            if not set(TABLES) <= tables:
+                return False
+            return all(
+                set(columns) <= {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                for table, columns in ADDED_COLUMNS.items()
+            )
+        finally:
+            conn.close()
+
+    def _create_schema(self) -> None:
+        """WAL mode, then the tables and any columns added since, under the write lock."""
+        conn = self._connect()
+        try:
+            _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+        finally:
+            conn.close()
+        with self.transaction() as conn:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
             _add_missing_columns(conn)
 
     def _connect(self) -> sqlite3.Connection:
@@ -98,14 +129,7 @@ class Store:
         """A write transaction that holds the database's write lock from its first statement."""
         conn = self._connect()
         try:
-            for attempt in range(50):
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    break
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or attempt == 49:
-                        raise
-                    time.sleep(0.05)
+            _retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
                 yield conn
             except BaseException:
@@ -290,6 +314,19 @@ class Store:
         return self._query(
             "SELECT * FROM events WHERE name = ? ORDER BY id DESC LIMIT ?", (name, limit)
         )
+
+
+def _retry_locked(statement: Callable[[], Any], attempts: int = 50) -> None:
+    """Run a statement that SQLite may refuse with "database is locked" while another process
+    holds the file (the busy timeout does not cover every case), retrying for a few seconds."""
+    for attempt in range(attempts):
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
