@@ -1,4 +1,5 @@
-"""The Starlette application: V2 routes, bearer-token check, request limits and error bodies.
+"""The Starlette application: V2 routes, request limits and error bodies (the data plane
+behind them is ``dataplane.ServerState``; the ``/nbdeploy/...`` admin routes are ``admin``).
 
 Models load in the background after the socket is open, so liveness answers at once while
 readiness (and every model route) answers 503 until every version is loaded and warmed up.
@@ -8,14 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
-import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -24,23 +20,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import __version__
-from .batching import Batcher
+from .admin import admin_routes
+from .dataplane import ServerState, maybe_offload
 from .errors import ClientError, bad_request
-from .metrics import Metrics
-from .model import ModelVersion, Repository, RepositoryError, load_repository
-from .protocol import (
-    HEADER_LENGTH,
-    decode_request,
-    encode_response,
-    parse_header_length,
-)
+from .model import ModelVersion
+from .protocol import HEADER_LENGTH, decode_request, parse_header_length
 
 log = logging.getLogger("nbdeploy.serve")
 
 SERVER_NAME = "nbdeploy"
 EXTENSIONS = ["binary_tensor_data", "classification"]
-# Bodies bigger than this are decoded and encoded off the event loop.
-OFFLOAD_BYTES = 1 << 20
 # What a JSON or binary infer body may be labelled as. Browsers' fetch() sends text/plain and
 # curl -d sends a form type by default; both still carry the JSON we parse.
 ACCEPTED_CONTENT_TYPES = {
@@ -54,116 +43,10 @@ ACCEPTED_CONTENT_TYPES = {
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the command line configures."""
-
-    repository: Path
-    found: dict[str, dict[int, Path]]
-    threads: int
-    default_version: int | None = None
-    max_batch_size: int = 32
-    max_queue_delay_ms: float = 2.0
-    batching: bool = True
-    max_body_bytes: int = 64 * 1024 * 1024
-    token: str | None = None
-
-
-class ServerState:
-    """Loaded models, their batchers, and whether the server is ready or stopping."""
-
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.repository: Repository | None = None
-        self.batchers: dict[tuple[str, int], Batcher] = {}
-        self.stopping = False
-        self.failure: str | None = None
-        self.on_failure: Callable[[], None] = lambda: None
-
-    @property
-    def ready(self) -> bool:
-        return self.repository is not None and not self.stopping
-
-    async def load(self) -> None:
-        """Load and warm every model off the event loop, then start one batcher per version."""
-        settings = self.settings
-        started = time.perf_counter()
-        try:
-            repository = await asyncio.to_thread(
-                load_repository, settings.found, settings.threads, settings.default_version
-            )
-        except RepositoryError as exc:
-            self._fail(str(exc))
-            return
-        except Exception as exc:
-            log.exception("loading the model repository failed")
-            self._fail(f"loading the model repository failed: {exc}")
-            return
-        for model in repository:
-            batcher = Batcher(
-                model,
-                self.metrics,
-                max_batch_size=settings.max_batch_size,
-                max_queue_delay_s=settings.max_queue_delay_ms / 1000,
-                enabled=settings.batching,
-            )
-            batcher.start()
-            self.batchers[(model.name, model.version)] = batcher
-            log.info(
-                "%s v%d: dynamic batching %s",
-                model.name,
-                model.version,
-                f"on (up to {settings.max_batch_size} rows, {settings.max_queue_delay_ms} ms)"
-                if batcher.enabled
-                else "off",
-            )
-        self.repository = repository
-        log.info(
-            "ready: %d model version(s) loaded and warmed up in %.2f s; default versions %s",
-            len(self.batchers),
-            time.perf_counter() - started,
-            repository.defaults,
-        )
-
-    def _fail(self, message: str) -> None:
-        log.error("cannot serve: %s", message)
-        self.failure = message
-        self.on_failure()
-
-    async def close(self) -> None:
-        """Stop answering ready and let every batcher finish what is queued."""
-        self.stopping = True
-        for batcher in self.batchers.values():
-            await batcher.close()
-
-    def lookup(self, name: str, version: str | None) -> ModelVersion:
-        if self.repository is None:
-            raise ClientError(503, "the server is still loading its models; retry shortly")
-        return self.repository.lookup(name, version)
-
-    def batching_parameters(self, model: ModelVersion) -> dict[str, Any]:
-        batcher = self.batchers[(model.name, model.version)]
-        return {
-            "version": str(model.version),
-            "dynamic_batching": batcher.enabled,
-            "max_batch_size": self.settings.max_batch_size if batcher.enabled else 0,
-        }
-
-    def authorize(self, request: Request) -> None:
-        """Require ``Authorization: Bearer <token>`` when the server has a token."""
-        token = self.settings.token
-        if not token:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            raise ClientError(401, "this endpoint needs an 'Authorization: Bearer <token>' header")
-        if not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise ClientError(401, "the bearer token is not valid for this endpoint")
-
-
 def create_app(state: ServerState) -> Starlette:
     """The ASGI app for ``state`` (wrap it in ``AccessLog`` to log and count requests)."""
+
+    admin = admin_routes(state)
 
     async def server_metadata(request: Request) -> Response:
         return JSONResponse({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
@@ -177,8 +60,7 @@ def create_app(state: ServerState) -> Starlette:
     async def model_metadata(request: Request) -> Response:
         state.authorize(request)
         model = _lookup(request)
-        assert state.repository is not None
-        versions = state.repository.versions(model.name)
+        versions = state.versions(model.name)
         return JSONResponse(model.metadata(versions, state.batching_parameters(model)))
 
     async def model_ready(request: Request) -> Response:
@@ -189,30 +71,15 @@ def create_app(state: ServerState) -> Starlette:
 
     async def infer(request: Request) -> Response:
         state.authorize(request)
-        model = _lookup(request)
-        _check_content_type(request.headers.get("content-type"))
-        body = await _read_body(request, state.settings.max_body_bytes)
-        header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
-        decoded = await _maybe_offload(len(body), decode_request, body, header_length)
-        feeds = await _maybe_offload(
-            len(body), model.check_inputs, decoded.inputs, decoded.datatypes
-        )
-        wanted = model.check_outputs(decoded.outputs, decoded.binary_output)
-        batcher = state.batchers[(model.name, model.version)]
-        results = await batcher.infer(feeds, [out.name for out in wanted])
-        tensors = [
-            (
-                out,
-                model.classify(out.name, results[out.name], out.classification)
-                if out.classification
-                else results[out.name],
+        params = request.path_params
+        with state.take(params["model"], params.get("version")) as served:
+            _check_content_type(request.headers.get("content-type"))
+            body = await _read_body(request, state.settings.max_body_bytes)
+            header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
+            decoded = await maybe_offload(len(body), decode_request, body, header_length)
+            content, headers, media_type = await state.infer(
+                served, decoded, len(body), routed="version" not in params
             )
-            for out in wanted
-        ]
-        size = sum(array.nbytes for _, array in tensors)
-        content, headers, media_type = await _maybe_offload(
-            size, encode_response, model.name, str(model.version), decoded.id, tensors
-        )
         return Response(content, headers=headers, media_type=media_type)
 
     async def metrics(request: Request) -> Response:
@@ -235,6 +102,7 @@ def create_app(state: ServerState) -> Starlette:
         ),
         Route("/v2/models/{model}/versions/{version}/infer", _guarded(infer), methods=["POST"]),
         Route("/metrics", _guarded(metrics), methods=["GET"]),
+        *[Route(path, _guarded(handler), methods=[method]) for path, method, handler in admin],
     ]
 
     @contextlib.asynccontextmanager
@@ -349,10 +217,3 @@ def _too_large(limit: int, given: str) -> ClientError:
     return ClientError(
         413, f"the request body is too large: the limit is {limit} bytes, got {given}"
     )
-
-
-async def _maybe_offload(size: int, function: Callable[..., Any], *args: Any) -> Any:
-    """Run big decode/encode jobs in a thread so the event loop keeps serving other requests."""
-    if size > OFFLOAD_BYTES:
-        return await asyncio.to_thread(function, *args)
-    return function(*args)

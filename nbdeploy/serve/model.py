@@ -456,6 +456,37 @@ class TextModelVersion(ModelVersion):
         return cls(name, version, directory, session, inputs, graph.outputs, extras)
 
 
+def version_directory(root: Path, name: str, version: int) -> Path:
+    """``root/<name>/<version>``, or a RepositoryError when it holds no model file."""
+    directory = root / name / str(version)
+    if not ((directory / MODEL_FILE).is_file() or (directory / PICKLE_FILE).is_file()):
+        raise RepositoryError(f"{directory} holds no {MODEL_FILE}")
+    return directory
+
+
+def load_version(name: str, version: int, directory: Path, threads: int) -> ModelVersion:
+    """Load one version (ONNX, text or Python model) and warm it up."""
+    started = time.perf_counter()
+    if (directory / PICKLE_FILE).is_file():
+        model: ModelVersion = PythonModelVersion.load(name, version, directory, threads)
+    elif (directory / TOKENIZER_FILE).is_file():
+        model = TextModelVersion.load(name, version, directory, threads)
+    else:
+        model = ModelVersion.load(name, version, directory, threads)
+    model.warm_up()
+    log.info(
+        "loaded %s v%d from %s in %.2f s: inputs %s, outputs %s, batchable %s",
+        name,
+        version,
+        directory,
+        time.perf_counter() - started,
+        _describe(model.inputs),
+        _describe(model.outputs),
+        "yes" if model.batchable else "no",
+    )
+    return model
+
+
 def load_repository(
     found: dict[str, dict[int, Path]], threads: int, default_version: int | None
 ) -> Repository:
@@ -466,25 +497,7 @@ def load_repository(
     for name, versions in found.items():
         models[name] = {}
         for version, directory in sorted(versions.items()):
-            started = time.perf_counter()
-            if (directory / PICKLE_FILE).is_file():
-                model = PythonModelVersion.load(name, version, directory, threads)
-            elif (directory / TOKENIZER_FILE).is_file():
-                model = TextModelVersion.load(name, version, directory, threads)
-            else:
-                model = ModelVersion.load(name, version, directory, threads)
-            model.warm_up()
-            models[name][version] = model
-            log.info(
-                "loaded %s v%d from %s in %.2f s: inputs %s, outputs %s, batchable %s",
-                name,
-                version,
-                directory,
-                time.perf_counter() - started,
-                _describe(model.inputs),
-                _describe(model.outputs),
-                "yes" if model.batchable else "no",
-            )
+            models[name][version] = load_version(name, version, directory, threads)
         if default_version is not None and default_version in versions:
             defaults[name] = default_version
         else:

@@ -23,14 +23,18 @@ import uvicorn
 
 from . import __version__
 from .access import AccessLog
-from .app import ServerState, Settings, create_app
+from .app import create_app
 from .cpus import available_cpus
+from .dataplane import ServerState
 from .metrics import Metrics
-from .model import RepositoryError, check_default_version, discover
+from .model import RepositoryError, check_default_version, discover, version_directory
+from .routing import RoutingError, read_routing
+from .settings import Settings
 
 log = logging.getLogger("nbdeploy.serve")
 
 TOKEN_ENV = "NBDEPLOY_TOKEN"
+ADMIN_TOKEN_ENV = "NBDEPLOY_ADMIN_TOKEN"
 GRACEFUL_SHUTDOWN_S = 30.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -53,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_non_negative_int,
         default=None,
         help="version served by unversioned routes (default: the highest)",
+    )
+    parser.add_argument(
+        "--routing",
+        type=Path,
+        default=None,
+        help="routing.json: serve only the versions it names, split by its weights",
     )
     parser.add_argument("--max-batch-size", type=_positive_int, default=32)
     parser.add_argument("--max-queue-delay-ms", type=_non_negative_float, default=2.0)
@@ -81,10 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot open the log file {args.log_file}: {exc}", file=sys.stderr)
         return 2
     try:
-        found = discover(args.model_repository)
-        check_default_version(found, args.default_version)
-    except RepositoryError as exc:
+        if args.routing is not None:
+            found = _routed_versions(args.model_repository, args.routing)
+        else:
+            found = discover(args.model_repository)
+            check_default_version(found, args.default_version)
+    except (RepositoryError, RoutingError) as exc:
         log.error("cannot serve: %s", exc)
+        print(f"cannot serve: {exc}", file=sys.stderr)
         return 2
     cpus = available_cpus()
     settings = Settings(
@@ -97,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         batching=not args.no_batching,
         max_body_bytes=args.max_body_bytes,
         token=os.environ.get(TOKEN_ENV) or None,
+        routing_file=args.routing,
+        admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
     )
     _log_startup(settings, cpus)
     metrics = Metrics()
@@ -159,6 +175,18 @@ class _Server(uvicorn.Server):
                 log.info("listening on http://%s:%d", host, port)
 
 
+def _routed_versions(root: Path, path: Path) -> dict[str, dict[int, Path]]:
+    """The versions a routing file names, each checked to hold a model under ``root``."""
+    routing = read_routing(path)
+    versions = {}
+    for version in routing.versions:
+        try:
+            versions[version] = version_directory(root, routing.name, version)
+        except RepositoryError as exc:
+            raise RoutingError(f"{path} names version {version}, but {exc}") from None
+    return {routing.name: versions}
+
+
 def _configure_logging(log_file: Path | None, level: str) -> None:
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +214,12 @@ def _log_startup(settings: Settings, cpus: int) -> None:
     log.info(
         "onnxruntime: %d intra-op threads per session (%d usable CPUs)", settings.threads, cpus
     )
+    if settings.routing_file is not None:
+        log.info(
+            "routing from %s; admin routes %s",
+            settings.routing_file,
+            "on" if settings.admin_token else "off (no NBDEPLOY_ADMIN_TOKEN)",
+        )
     log.info(
         "dynamic batching: %s; request bodies up to %d bytes; bearer token %s",
         f"up to {settings.max_batch_size} rows, waiting at most {settings.max_queue_delay_ms} ms"

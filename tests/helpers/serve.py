@@ -133,6 +133,20 @@ def save_types(directory: Path) -> Path:
     return _save(helper.make_graph(nodes, "types", inputs, outputs), directory)
 
 
+def save_failing(directory: Path) -> Path:
+    """x FP32 [batch, 4] -> y = column 7 of x: loads, but onnxruntime fails on every input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["x", "idx"], ["y"], axis=1)],
+        "failing",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(np.array([7], dtype=np.int64), "idx")],
+    )
+    return _save(graph, directory)
+
+
 def save_text(directory: Path) -> Path:
     """text BYTES [batch] -> lower (StringNormalizer LOWER), same (Identity)."""
     from onnx import TensorProto, helper
@@ -500,6 +514,7 @@ def launch(
     *args: str,
     log_path: Path,
     token: str | None = None,
+    admin_token: str | None = None,
     pythonpath: Path = PROJECT_ROOT,
     cwd: Path = PROJECT_ROOT,
     port: int | None = None,
@@ -507,8 +522,11 @@ def launch(
     """Start the server (on a free port unless given) without waiting for it."""
     env = dict(os.environ)
     env.pop("NBDEPLOY_TOKEN", None)
+    env.pop("NBDEPLOY_ADMIN_TOKEN", None)
     if token:
         env["NBDEPLOY_TOKEN"] = token
+    if admin_token:
+        env["NBDEPLOY_ADMIN_TOKEN"] = admin_token
     env["PYTHONPATH"] = str(pythonpath)
     port = port or free_port()
     command = [
@@ -541,6 +559,35 @@ def start_server(repository: Path, *args: str, **kwargs: Any) -> ServerProcess:
                 server.stop()
                 raise
     raise AssertionError("unreachable")
+
+
+def write_routing(
+    path: Path,
+    name: str,
+    generation: int,
+    weights: dict[int, int],
+    *,
+    stable: int | None = None,
+    shadow: tuple[int, ...] = (),
+    guards: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Path:
+    """Write a routing.json (schema 1) atomically, as the host does; ``stable`` defaults to
+    the version with the highest weight."""
+    data = {
+        "schema": 1,
+        "name": name,
+        "generation": generation,
+        "stable": stable if stable is not None else max(weights, key=lambda v: weights[v]),
+        "weights": {str(version): weight for version, weight in weights.items()},
+        "shadow": list(shadow),
+        "guards": guards,
+        **extra,
+    }
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data))
+    temporary.replace(path)
+    return path
 
 
 def metric_samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
