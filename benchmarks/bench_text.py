@@ -5,8 +5,9 @@ of a Python model's image next to an ONNX model's.
   sends one sentence at a time over V2 JSON, interleaved round by round with the in-process
   transformers ``pipeline("text-classification")`` on the same sentences (target: the
   endpoint's p50 within 2 ms of the pipeline's, or faster).
-- image sizes (docker runtime only): the ONNX model's image, and the images of a Python
-  function model (numpy) and of a Python object wrapping scikit-learn.
+- image sizes (docker runtime only): the image a server runs for an ONNX model (the shared
+  server image; the model is mounted), for a Python function model (numpy) and for a Python
+  object wrapping scikit-learn (the server image plus its requirements layer).
 
     .venv/bin/python benchmarks/bench_text.py [--rounds 5] [--calls 200] [--runtime process|docker]
 
@@ -95,7 +96,7 @@ def image_sizes() -> dict[str, Any]:
     import docker
 
     import nbdeploy as nbd
-    from nbdeploy.runtimes.image import model_image_tag
+    from nbdeploy.runtimes.docker import DockerRuntime
     from tests.helpers.onnx_models import save_linear
 
     x, _ = iris(16)
@@ -113,9 +114,9 @@ def image_sizes() -> dict[str, Any]:
                 model, None if label == "onnx" else x[:8], name=name, runtime="docker"
             )
             try:
-                artifact = endpoint.artifact
-                tag = model_image_tag(name, endpoint.version, artifact.sha256)
-                sizes[label] = round(client.images.get(tag).attrs["Size"] / 1e6, 1)
+                container = DockerRuntime().container(endpoint.handle)
+                image = client.images.get(container.image.id)
+                sizes[label] = round(image.attrs["Size"] / 1e6, 1)
             finally:
                 endpoint.stop()
     return {"image_mb": sizes}

@@ -22,6 +22,17 @@ _EXPORTS: dict[str, str] = {
     "get": "nbdeploy.api",
     "undeploy": "nbdeploy.api",
     "rollback": "nbdeploy.api",
+    "promote": "nbdeploy.api",
+    "set_traffic": "nbdeploy.api",
+    "stop_version": "nbdeploy.api",
+    "traffic": "nbdeploy.api",
+    "compare": "nbdeploy.api",
+    "remove": "nbdeploy.api",
+    "prune": "nbdeploy.api",
+    "CompareReport": "nbdeploy.comparison",
+    "PruneReport": "nbdeploy.retention",
+    "Guards": "nbdeploy.vocabulary",
+    "VersionView": "nbdeploy.vocabulary",
     "ModelArtifact": "nbdeploy.artifact",
     "Signature": "nbdeploy._types",
     "TensorSpec": "nbdeploy._types",
@@ -62,22 +73,38 @@ if TYPE_CHECKING:
     from nbdeploy._types import Parity, Quantization, Signature, TensorSpec
     from nbdeploy.api import (
         benchmark,
+        compare,
         deploy,
         deployments,
         export,
         get,
         model,
         models,
+        promote,
+        prune,
         quantize,
         register,
+        remove,
         rollback,
+        set_traffic,
+        stop_version,
+        traffic,
         undeploy,
     )
     from nbdeploy.artifact import ModelArtifact
     from nbdeploy.bench import BenchmarkReport
+    from nbdeploy.comparison import CompareReport
     from nbdeploy.endpoint import Endpoint
     from nbdeploy.jupyter.panel import DeployPanel
-    from nbdeploy.vocabulary import Deployment, DeploymentView, ProgressEvent, ServerSettings
+    from nbdeploy.retention import PruneReport
+    from nbdeploy.vocabulary import (
+        Deployment,
+        DeploymentView,
+        Guards,
+        ProgressEvent,
+        ServerSettings,
+        VersionView,
+    )
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -6,7 +6,7 @@ below it imports this module. Deployments come back as :class:`Endpoint` handles
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ from nbdeploy.vocabulary import (
     AUTO_CANDIDATES,
     DeploymentView,
     Fallback,
+    Guards,
     Progress,
     QuantizeChoice,
     QuantizeMode,
@@ -25,7 +26,9 @@ from nbdeploy.vocabulary import (
 
 if TYPE_CHECKING:
     from nbdeploy.bench import BenchmarkReport
+    from nbdeploy.comparison import CompareReport
     from nbdeploy.demo import DemoServer
+    from nbdeploy.retention import PruneReport
 
 
 def export(
@@ -186,6 +189,9 @@ def deploy(
     batching: bool = True,
     cpus: float | None = None,
     memory: str | None = "1g",
+    canary: int | None = None,
+    shadow: bool = False,
+    guards: Guards | Mapping[str, Any] | None = None,
     timeout: float = 120.0,
     progress: Progress | None = None,
 ) -> Endpoint:
@@ -197,8 +203,12 @@ def deploy(
     ``batch_safe`` lets the server merge concurrent requests into one call of it.
     ``fallback="python"`` serves a framework model that way when its ONNX export fails.
     ``tokenizer`` (a fast Hugging Face tokenizer) makes a text model take raw strings.
-    Deploying an existing name is a blue-green switch: the new version serves before the old
-    one stops. ``max_batch_size``, ``max_queue_delay_ms``, ``batching``, ``cpus`` and
+    Each name has one server on one URL for its whole life. Deploying an existing name loads
+    the new version next to the serving one and moves all traffic to it once it is warm; with
+    ``canary=P`` it answers P% of requests, with ``shadow=True`` it gets a mirrored copy of
+    every request (clients still get the stable version's answers). ``guards``
+    (``max_error_rate``, ``min_agreement``, ``max_p99_ms``) send a canary's traffic back to the
+    stable version by itself when its live numbers cross one. ``max_batch_size``, ``max_queue_delay_ms``, ``batching``, ``cpus`` and
     ``memory`` tune the server; ``progress`` receives a ProgressEvent per step.
     """
     from nbdeploy import deployment
@@ -225,6 +235,9 @@ def deploy(
         requirements=requirements,
         batch_safe=batch_safe,
         settings=settings,
+        canary=canary,
+        shadow=shadow,
+        guards=guards,
         timeout=timeout,
         progress=progress,
     )
@@ -251,10 +264,40 @@ def get(name: str) -> Endpoint:
 
 
 def undeploy(name: str) -> list[int]:
-    """Stop the deployment called ``name``; returns the versions stopped."""
+    """Stop the deployment called ``name`` (its server and its demo page); returns the
+    versions it held."""
+    from nbdeploy import deployment
+    from nbdeploy.demo import stop_demo as stop_demo_server
+
+    stopped = deployment.undeploy(name)
+    stop_demo_server(name)
+    return stopped
+
+
+def promote(
+    name: str,
+    version: int | None = None,
+    *,
+    timeout: float = 120.0,
+    progress: Progress | None = None,
+) -> Endpoint:
+    """Give the newest canary or shadow of ``name`` (or ``version``) all traffic."""
     from nbdeploy import deployment
 
-    return deployment.undeploy(name)
+    return Endpoint(deployment.promote(name, version, timeout=timeout, progress=progress))
+
+
+def set_traffic(
+    name: str,
+    weights: Mapping[int, int],
+    *,
+    timeout: float = 120.0,
+    progress: Progress | None = None,
+) -> Endpoint:
+    """Split ``name``'s traffic as ``{version: percent}`` (whole percents adding up to 100)."""
+    from nbdeploy import deployment
+
+    return Endpoint(deployment.set_traffic(name, weights, timeout=timeout, progress=progress))
 
 
 def rollback(
@@ -264,10 +307,56 @@ def rollback(
     timeout: float = 120.0,
     progress: Progress | None = None,
 ) -> Endpoint:
-    """Serve an earlier version of ``name`` (the previous one by default), blue-green."""
+    """Give the stable version all traffic back from a canary or shadow; without one, serve
+    an earlier version (the previous one by default). The URL stays the same."""
     from nbdeploy import deployment
 
     return Endpoint(deployment.rollback(name, version, timeout=timeout, progress=progress))
+
+
+def stop_version(name: str, version: int) -> Endpoint:
+    """Unload one version of ``name`` that is not its stable one."""
+    from nbdeploy import deployment
+
+    return Endpoint(deployment.stop_version(name, version))
+
+
+def traffic(name: str) -> dict[int, int]:
+    """``{version: percent}`` of ``name``'s unversioned traffic, as its server applies it."""
+    from nbdeploy import deployment
+
+    return deployment.traffic(name)
+
+
+def compare(
+    name: str,
+    X: Any = None,
+    y: Any = None,
+    *,
+    versions: Sequence[int] | None = None,
+    batch_size: int = 64,
+) -> CompareReport:
+    """The versions of ``name`` side by side: agreement, latency and errors over the live
+    traffic, or with ``X`` and ``y`` an offline A/B with accuracy (or rmse) per version."""
+    from nbdeploy import deployment
+
+    return deployment.compare(name, X, y, versions=versions, batch_size=batch_size)
+
+
+def remove(name: str, version: int | None = None, *, force: bool = False) -> list[int]:
+    """Delete registered versions of ``name`` (one, or all) with their files and images;
+    serving versions are refused unless ``force`` (which stops the deployment first)."""
+    from nbdeploy import retention
+
+    return retention.remove(name, version, force=force)
+
+
+def prune(*, keep: int = 2, dry_run: bool = False) -> PruneReport:
+    """Delete versions that serve nothing beyond the ``keep`` newest of each name, images no
+    deployment uses and demo files of stopped names."""
+    from nbdeploy import retention
+
+    return retention.prune(keep=keep, dry_run=dry_run)
 
 
 def framework_of(model: Any) -> str | None:

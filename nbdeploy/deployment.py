@@ -1,24 +1,48 @@
-"""Deploying registered model versions: launch, wait ready, switch blue-green, stop, roll back.
+"""Versions side by side behind one stable endpoint: deploy, canary, shadow, promote, traffic,
+rollback, guards and compare.
 
-The store's ``deployments`` table is the source of truth for what is current: a new version is
-launched next to the old one and made ``active`` only once it answers ready; only then is the
-old one stopped. Everything here returns typed :class:`~nbdeploy.vocabulary.Deployment`
-records; :mod:`nbdeploy.api` wraps them in the Endpoint handles users hold.
+Each name has one long-lived server on one port. A change (a new version, a canary share, a
+promotion) is planned as a new :class:`~nbdeploy.routing.Routing`, written to the name's
+routing file and handed to the running server, which loads and warms new versions before it
+moves traffic atomically; the server is started again only when it must be (first deploy, a
+dead server, another port, other settings, other packages). Changes to one name are serialised
+by a file lock; the store records the versions, weights and events. Everything here returns
+typed :class:`~nbdeploy.vocabulary.Deployment` records (the stable version's);
+:mod:`nbdeploy.api` wraps them in the Endpoint handles users hold.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from nbdeploy import _format
 from nbdeploy._errors import DeployError, ExportError, InputError, NbdeployError
 from nbdeploy.artifact import ModelArtifact
 from nbdeploy.repository import ModelRepository
+from nbdeploy.routing import (
+    AdminClient,
+    Routing,
+    format_weights,
+    name_lock,
+    parse_weights,
+    serving_dir,
+    write_routing,
+)
 from nbdeploy.runtimes import LaunchSpec, Runtime, RuntimeHandle, get_runtime
-from nbdeploy.runtimes.base import ensure_port_free, free_port, local_url
+from nbdeploy.runtimes.base import (
+    ensure_port_free,
+    environment_of,
+    free_port,
+    inspect_model_dir,
+    port_in_use,
+)
 from nbdeploy.store import Store
 from nbdeploy.vocabulary import (
     AUTO_CANDIDATES,
@@ -26,14 +50,19 @@ from nbdeploy.vocabulary import (
     QUANTIZE_CHOICES,
     Deployment,
     Fallback,
+    Guards,
     Progress,
     QuantizeChoice,
     ServerSettings,
+    VersionView,
     check_choice,
     check_name,
     emit,
     session_owner,
 )
+
+if TYPE_CHECKING:
+    from nbdeploy.comparison import CompareReport
 
 
 def prepare_artifact(
@@ -196,15 +225,30 @@ def deploy(
     requirements: Sequence[str] | None = None,
     batch_safe: bool = False,
     settings: ServerSettings | None = None,
+    canary: int | None = None,
+    shadow: bool = False,
+    guards: Guards | Mapping[str, Any] | None = None,
     timeout: float = 120.0,
     progress: Progress | None = None,
 ) -> Deployment:
-    """Export/quantize as asked, register a new version, launch it and switch to it."""
+    """Export/quantize as asked, register a new version and load it into the name's server:
+    serving all traffic (the default), a ``canary`` percent of it, or a mirrored copy
+    (``shadow``). The name keeps its URL; the first deploy of a name starts its server."""
     if name is not None:
         check_name(name)
+    limits = _check_rollout(canary, shadow, guards)
     backend = get_runtime(runtime)
     if port is not None:
-        ensure_port_free(port)
+        _check_port_number(port)
+        serving = Store().deployments(name=name) if name is not None else []
+        if not serving or serving[0].port != port:
+            ensure_port_free(port)
+    if (canary is not None or shadow) and name is not None and not Store().deployments(name=name):
+        what = f"canary={canary}" if canary is not None else "shadow=True"
+        raise InputError(
+            f"{what} tries a new version next to the one serving, and {name!r} serves nothing"
+            " yet: deploy it once without canary or shadow first"
+        )
     artifact, report = prepare_artifact(
         model,
         sample=sample,
@@ -219,121 +263,121 @@ def deploy(
         progress=progress,
     )
     registered = ModelRepository().register(artifact, name=name, benchmark=report)
-    emit(progress, "register", f"{registered.name} version {registered.version}")
-    return launch(
-        registered,
+    version = int(registered.version)
+    emit(progress, "register", f"{registered.name} version {version}")
+
+    def plan(current: Routing | None) -> Routing:
+        if current is None or (canary is None and not shadow):
+            return Routing(registered.name, stable=version, weights={version: 100})
+        if shadow:
+            return current.next(weights={current.stable: 100}, shadow=(version,))
+        assert canary is not None
+        return current.next(
+            weights={current.stable: 100 - canary, version: canary},
+            shadow=(),
+            guards=limits,
+            guarded=version,
+        )
+
+    role = "shadow" if shadow else f"canary at {canary}%" if canary is not None else "serving"
+    return _change(
+        registered.name,
+        plan,
+        what=f"version {version} ({role})",
+        event="deployed",
         runtime=backend,
-        port=port if port is not None else free_port(),
-        token=secrets.token_urlsafe(24) if auth else None,
+        port=port,
+        auth=auth,
         settings=settings or ServerSettings(),
+        clear_guard=True,
         timeout=timeout,
         progress=progress,
     )
 
 
-def launch(
-    registered: ModelArtifact,
+def _check_rollout(canary: Any, shadow: Any, guards: Any) -> Guards | None:
+    if canary is not None and (
+        isinstance(canary, bool) or not isinstance(canary, int) or not 1 <= canary <= 99
+    ):
+        raise InputError(f"canary must be a whole percent from 1 to 99; got {canary!r}")
+    if not isinstance(shadow, bool):
+        raise InputError(f"shadow must be True or False; got {shadow!r}")
+    if canary is not None and shadow:
+        raise InputError(
+            "choose canary=P (the new version answers P% of requests) or shadow=True (it"
+            " gets a mirrored copy of every request), not both"
+        )
+    limits = Guards.parse(dict(guards) if isinstance(guards, Mapping) else guards)
+    if limits is not None and canary is None:
+        raise InputError("guards watch a canary: pass canary=P with them")
+    return limits
+
+
+def _check_port_number(port: Any) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise InputError(f"port must be a whole number from 1 to 65535; got {port!r}")
+
+
+def promote(
+    name: str,
+    version: int | None = None,
     *,
-    runtime: Runtime,
-    port: int,
-    token: str | None,
-    settings: ServerSettings,
     timeout: float = 120.0,
     progress: Progress | None = None,
 ) -> Deployment:
-    """Start a registered version, wait until it is ready, then make it the active one."""
-    store = Store()
-    name, version = registered.name, int(registered.version)
-    deployment_id = store.add_deployment(
-        name=name,
-        version=version,
-        runtime=runtime.name,
-        state="starting",
-        url=local_url(port),
-        port=port,
-        token=token,
-        settings=settings,
-        owner=session_owner(),
-    )
-    spec = LaunchSpec(
-        name=name,
-        version=version,
-        model_dir=registered.directory,
-        sha256=registered.sha256,
-        port=port,
-        token=token,
-        settings=settings,
+    """Give the newest canary or shadow (or ``version``) all traffic and make it stable."""
+
+    def plan(current: Routing | None) -> Routing:
+        current = _serving(name, current)
+        target = _version_arg(version) if version is not None else None
+        if target is None:
+            if not current.candidates:
+                raise DeployError(
+                    f"{name} has no canary or shadow to promote: it serves version"
+                    f" {current.stable} alone"
+                )
+            target = current.candidates[0]
+        return current.next(stable=target, weights={target: 100}, shadow=())
+
+    return _change(
+        name,
+        plan,
+        what="promotion",
+        event="promoted",
+        clear_guard=True,
+        timeout=timeout,
         progress=progress,
     )
-    handle = None
-    try:
-        emit(progress, "launch", f"starting {name} v{version} on the {runtime.name} runtime")
-        handle = runtime.start(spec)
-        store.update_deployment(deployment_id, handle=handle.to_dict(), url=handle.url)
-        runtime.wait_ready(handle, timeout=timeout)
-    except BaseException as exc:
-        store.update_deployment(deployment_id, state="failed")
-        store.add_event(name, "failed", f"version {version} did not start: {exc}")
-        if handle is not None:
-            runtime.stop(handle, timeout=5)
-        if isinstance(exc, NbdeployError):
-            raise
-        raise DeployError(f"could not launch {name} v{version}: {exc}") from exc
-    replaced = store.activate(deployment_id, name)
-    store.add_event(
-        name, "deployed", f"version {version} at {handle.url}", {"runtime": runtime.name}
+
+
+def set_traffic(
+    name: str,
+    weights: Mapping[Any, Any],
+    *,
+    timeout: float = 120.0,
+    progress: Progress | None = None,
+) -> Deployment:
+    """Split unversioned traffic as ``{version: percent}`` (percents add up to 100); versions
+    not yet loaded are loaded first, loaded ones not named are unloaded."""
+    split = parse_weights(weights)
+
+    def plan(current: Routing | None) -> Routing:
+        current = _serving(name, current)
+        stable = current.stable if split.get(current.stable, 0) > 0 else _heaviest(split)
+        return current.next(stable=stable, weights=split, shadow=())
+
+    return _change(
+        name,
+        plan,
+        what=f"traffic {format_weights(split)}",
+        event="traffic",
+        timeout=timeout,
+        progress=progress,
     )
-    emit(progress, "ready", f"{handle.url}/v2/models/{name}")
-    for old in replaced:
-        emit(progress, "switch", f"stopping the previous version {old.version}")
-        _stop_server(old)
-    record = store.deployment(deployment_id)
-    assert record is not None
-    return record
 
 
-def _stop_server(record: Deployment) -> None:
-    if not record.handle:
-        return
-    try:
-        get_runtime(record.runtime).stop(RuntimeHandle.from_dict(record.handle))
-    except DeployError as exc:
-        Store().add_event(record.name, "stop-failed", f"version {record.version}: {exc}")
-
-
-def stop(record: Deployment) -> None:
-    """Stop one deployment's server and mark it retired."""
-    store = Store()
-    _stop_server(record)
-    store.update_deployment(record.id, state="retired")
-    store.add_event(record.name, "stopped", f"version {record.version} stopped")
-
-
-def active() -> list[Deployment]:
-    """Every active deployment, one per name."""
-    return Store().deployments()
-
-
-def current(name: str) -> Deployment:
-    """The active deployment called ``name``."""
-    rows = Store().deployments(name=name)
-    if not rows:
-        raise DeployError(f"no active deployment named {name!r}; running: {_running_names()}")
-    return rows[0]
-
-
-def _running_names() -> list[str] | str:
-    return sorted({row.name for row in Store().deployments()}) or "none"
-
-
-def undeploy(name: str) -> list[int]:
-    """Stop every active or starting deployment of ``name``; return the versions stopped."""
-    rows = Store().deployments(name=name, states=("active", "starting"))
-    if not rows:
-        raise DeployError(f"no active deployment named {name!r}; running: {_running_names()}")
-    for row in rows:
-        stop(row)
-    return [row.version for row in rows]
+def _heaviest(weights: Mapping[int, int]) -> int:
+    return max(weights, key=lambda v: (weights[v], v))
 
 
 def rollback(
@@ -343,28 +387,479 @@ def rollback(
     timeout: float = 120.0,
     progress: Progress | None = None,
 ) -> Deployment:
-    """Serve an earlier registered version (the one before the current, by default), blue-green."""
-    serving = current(name)
-    repository = ModelRepository()
-    if version is None:
-        older = [
-            row["version"]
-            for row in repository.list_versions(name)
-            if row["version"] < serving.version
-        ]
-        if not older:
-            raise DeployError(
-                f"{name} is at version {serving.version}; there is no earlier version to roll back to"
-            )
-        version = max(older)
-    if int(version) == serving.version:
-        raise DeployError(f"{name} already serves version {version}")
-    return launch(
-        repository.get(name, int(version)),
-        runtime=get_runtime(serving.runtime),
-        port=free_port(),
-        token=serving.token,
-        settings=serving.settings,
-        timeout=timeout,
-        progress=progress,
+    """With a canary or shadow: give the stable version all traffic and unload the candidate.
+    Without: serve the previous registered version (or ``version``) in place of the stable."""
+    target = _version_arg(version) if version is not None else None
+
+    def plan(current: Routing | None) -> Routing:
+        current = _serving(name, current)
+        if target is None and current.candidates:
+            return current.next(weights={current.stable: 100}, shadow=())
+        chosen = target
+        if chosen is None:
+            older = [
+                row["version"]
+                for row in ModelRepository().list_versions(name)
+                if row["version"] < current.stable
+            ]
+            if not older:
+                raise DeployError(
+                    f"{name} is at version {current.stable}; there is no earlier version to"
+                    " roll back to"
+                )
+            chosen = max(older)
+        if chosen == current.stable and not current.candidates:
+            raise DeployError(f"{name} already serves version {chosen}")
+        return current.next(stable=chosen, weights={chosen: 100}, shadow=())
+
+    return _change(
+        name, plan, what="rollback", event="rolled-back", timeout=timeout, progress=progress
     )
+
+
+def stop_version(name: str, version: int, *, timeout: float = 120.0) -> Deployment:
+    """Unload one version that is not the stable one; its share goes to the stable version."""
+    target = _version_arg(version)
+
+    def plan(current: Routing | None) -> Routing:
+        current = _serving(name, current)
+        if target not in current.versions:
+            raise InputError(
+                f"{name} holds versions {current.versions}; version {target} is not among them"
+            )
+        if target == current.stable:
+            raise InputError(
+                f"version {target} is {name}'s stable version: promote another version, set the"
+                f" traffic, or stop the whole deployment with undeploy({name!r})"
+            )
+        weights = {v: w for v, w in current.weights.items() if v != target}
+        weights[current.stable] += current.weights.get(target, 0)
+        shadow = tuple(v for v in current.shadow if v != target)
+        return current.next(weights=weights, shadow=shadow)
+
+    return _change(
+        name, plan, what=f"stopping version {target}", event="version-stopped", timeout=timeout
+    )
+
+
+def _version_arg(version: Any) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InputError(f"a version is a whole number from 1; got {version!r}")
+    return version
+
+
+def _serving(name: str, current: Routing | None) -> Routing:
+    if current is None:
+        raise DeployError(f"no active deployment named {name!r}; running: {_running_names()}")
+    return current
+
+
+def _change(
+    name: str,
+    plan: Callable[[Routing | None], Routing],
+    *,
+    what: str,
+    event: str,
+    runtime: Runtime | None = None,
+    port: int | None = None,
+    auth: bool = True,
+    settings: ServerSettings | None = None,
+    clear_guard: bool = False,
+    guard_reason: str | None = None,
+    timeout: float = 120.0,
+    progress: Progress | None = None,
+) -> Deployment:
+    """Change what the name's server holds, under the name's lock: reload the running server
+    when it can take the change, else (first deploy, a dead server, a new port, other server
+    settings, a version needing other packages) start the server again on the same port."""
+    store = Store()
+    repository = ModelRepository()
+    with name_lock(name):
+        rows = store.deployments(name=name)
+        route = store.route(name) if rows else None
+        current = _current_routing(name, rows, route)
+        routing = plan(current)
+        if current is not None and routing.generation <= current.generation:
+            routing = replace(routing, generation=current.generation + 1)
+        registered = {int(row["version"]): row for row in repository.list_versions(name)}
+        unknown = [v for v in routing.versions if v not in registered]
+        if unknown:
+            raise InputError(
+                f"{name} has no registered version {', '.join(map(str, unknown))}; its versions"
+                f" are {sorted(registered) or 'none'}"
+            )
+        versions = {v: str(registered[v]["sha256"]) for v in routing.versions}
+        server = rows[0] if rows else None
+        backend = get_runtime(server.runtime) if server else runtime or get_runtime("auto")
+        admin_token = (route or {}).get("admin_token") or secrets.token_urlsafe(24)
+        wanted = (
+            settings if settings is not None else server.settings if server else ServerSettings()
+        )
+        handle = RuntimeHandle.from_dict(server.handle) if server and server.handle else None
+        restart = _restart_reason(backend, handle, server, routing, versions, port, wanted)
+        if restart is None:
+            assert server is not None and handle is not None
+            _reload(name, server.url, admin_token, routing, current, what, timeout, progress)
+            url, used_port, token = server.url, server.port, server.token
+        else:
+            token = server.token if server else secrets.token_urlsafe(24) if auth else None
+            used_port = port or (server.port if server else None) or _reusable_port(store, name)
+            if server is not None and handle is not None:
+                emit(progress, "switch", f"starting {name}'s server again: {restart}")
+                _stop_handle(server.runtime, handle, name)
+            spec = LaunchSpec(
+                name=name,
+                port=used_port,
+                token=token,
+                admin_token=admin_token,
+                models_root=repository.root,
+                serving_dir=serving_dir(name),
+                versions=versions,
+                settings=wanted,
+                progress=progress,
+            )
+            handle = _start(backend, spec, routing, current, rows, timeout, progress)
+            url = handle.url
+        reason = guard_reason
+        if reason is None and not clear_guard and route is not None:
+            reason = route.get("guard_reason")
+        store.apply_routing(
+            name,
+            routing=routing.to_json(),
+            admin_token=admin_token,
+            guard_reason=reason,
+            server={
+                "runtime": backend.name,
+                "url": url,
+                "port": used_port,
+                "token": token,
+                "handle": handle.to_dict(),
+                "settings": wanted,
+                "owner": session_owner(),
+            },
+        )
+        store.add_event(
+            name, event, f"{what}: {format_weights(routing.weights)}", routing.to_json()
+        )
+        emit(progress, "ready", f"{url}/v2/models/{name} ({format_weights(routing.weights)})")
+    return current_record(name)
+
+
+def _current_routing(
+    name: str, rows: list[Deployment], route: dict[str, Any] | None
+) -> Routing | None:
+    """What the name's server holds: the stored routing, or (rows from before versions were
+    served side by side) its one active version."""
+    if not rows:
+        return None
+    if route is not None:
+        return Routing.from_json(route["routing"])
+    newest = max(rows, key=lambda row: row.id)
+    return Routing(name, stable=newest.version, weights={newest.version: 100})
+
+
+def _restart_reason(
+    backend: Runtime,
+    handle: RuntimeHandle | None,
+    server: Deployment | None,
+    routing: Routing,
+    versions: dict[int, str],
+    port: int | None,
+    settings: ServerSettings,
+) -> str | None:
+    """Why the change needs the server started (again), or None when a reload does it."""
+    if server is None or handle is None:
+        return "first start"
+    if backend.status(handle) not in ("running", "starting", "restarting"):
+        return "its server is not running"
+    if port is not None and port != server.port:
+        return f"moving from port {server.port} to {port}"
+    if settings != server.settings:
+        return "other server settings"
+    files = [
+        inspect_model_dir(ModelRepository().root / routing.name / str(v), sha)
+        for v, sha in sorted(versions.items())
+    ]
+    if list(environment_of(files)) != list(handle.environment):
+        return "these versions need other packages than the running server has"
+    if not handle.environment and server.handle.get("environment") is None:
+        return "the server predates versions side by side"
+    return None
+
+
+def _reusable_port(store: Store, name: str) -> int:
+    """The name's last port when it is free (its URL comes back), else a free one."""
+    last = store.last_port(name)
+    if last is not None and not port_in_use(last):
+        return last
+    return free_port()
+
+
+def _reload(
+    name: str,
+    url: str,
+    admin_token: str,
+    routing: Routing,
+    current: Routing | None,
+    what: str,
+    timeout: float,
+    progress: Progress | None,
+) -> None:
+    """Hand the running server its new routing; on refusal, put the old file back."""
+    emit(progress, "launch", f"loading into {name}'s server: {format_weights(routing.weights)}")
+    write_routing(routing)
+    try:
+        AdminClient(url, admin_token).reload(timeout=timeout)
+    except DeployError as exc:
+        if current is not None:
+            write_routing(current)
+        Store().add_event(name, "failed", f"{what}: {exc}")
+        serving = format_weights(current.weights) if current else "nothing"
+        raise DeployError(
+            f"{what} for {name} failed: {_format.first_line(exc)}; the server still serves"
+            f" {serving}, untouched"
+        ) from None
+
+
+def _start(
+    backend: Runtime,
+    spec: LaunchSpec,
+    routing: Routing,
+    current: Routing | None,
+    rows: list[Deployment],
+    timeout: float,
+    progress: Progress | None,
+) -> RuntimeHandle:
+    """Start the name's server with ``routing``; on failure nothing is left running and the
+    store says the name is stopped (its old server was stopped before)."""
+    ensure_port_free(spec.port)
+    write_routing(routing)
+    handle = None
+    try:
+        emit(progress, "launch", f"starting {spec.name} on the {backend.name} runtime")
+        handle = backend.start(spec)
+        backend.wait_ready(handle, timeout=timeout)
+    except BaseException as exc:
+        if handle is not None:
+            backend.stop(handle, timeout=5)
+        if current is not None:
+            write_routing(current)
+        store = Store()
+        if rows:
+            store.retire_all(spec.name, "failed")
+        store.add_event(spec.name, "failed", f"the server did not start: {exc}")
+        if isinstance(exc, NbdeployError):
+            raise
+        raise DeployError(f"could not start {spec.name}'s server: {exc}") from exc
+    return handle
+
+
+def _stop_handle(kind: str, handle: RuntimeHandle, name: str) -> None:
+    try:
+        get_runtime(kind).stop(handle)
+    except DeployError as exc:
+        Store().add_event(name, "stop-failed", str(exc))
+
+
+def stop(record: Deployment) -> list[int]:
+    """Stop the server of ``record``'s name and retire every version it held."""
+    return undeploy(record.name)
+
+
+def active() -> list[Deployment]:
+    """Every running name, as the record of its stable version."""
+    names = sorted({row.name for row in Store().deployments()})
+    return [record for name in names if (record := _stable_record(name)) is not None]
+
+
+def current_record(name: str) -> Deployment:
+    record = _stable_record(name)
+    if record is None:
+        raise DeployError(f"no active deployment named {name!r}; running: {_running_names()}")
+    return record
+
+
+current = current_record
+
+
+def _stable_record(name: str) -> Deployment | None:
+    store = Store()
+    rows = store.deployments(name=name)
+    if not rows:
+        return None
+    routing = _current_routing(name, rows, store.route(name))
+    stable = routing.stable if routing else rows[0].version
+    return next((row for row in rows if row.version == stable), rows[0])
+
+
+def _running_names() -> list[str] | str:
+    return sorted({row.name for row in Store().deployments()}) or "none"
+
+
+def undeploy(name: str) -> list[int]:
+    """Stop the name's server; return the versions it held."""
+    store = Store()
+    with name_lock(check_name(name)):
+        rows = store.deployments(name=name, states=("active", "starting"))
+        if not rows:
+            raise DeployError(f"no active deployment named {name!r}; running: {_running_names()}")
+        for handle in {json.dumps(row.handle, sort_keys=True) for row in rows if row.handle}:
+            _stop_handle(rows[0].runtime, RuntimeHandle.from_dict(json.loads(handle)), name)
+        store.retire_all(name)
+        versions = sorted({row.version for row in rows})
+        store.add_event(name, "stopped", f"versions {versions} stopped")
+    return versions
+
+
+# ------------------------------------------------------------------------------- live numbers
+
+
+def _admin(name: str, timeout: float = 2.0) -> tuple[Deployment, AdminClient, Routing] | None:
+    store = Store()
+    rows = store.deployments(name=name)
+    route = store.route(name) if rows else None
+    if not rows or route is None:
+        return None
+    return (
+        rows[0],
+        AdminClient(rows[0].url, route["admin_token"], timeout),
+        Routing.from_json(route["routing"]),
+    )
+
+
+def sync(name: str) -> dict[str, Any] | None:
+    """The server's live routing; when a guard sent traffic back to the stable version, the
+    store learns it here (an event, the reason, the candidate unloaded). None: no answer."""
+    found = _admin(name)
+    if found is None:
+        return None
+    _, client, routing = found
+    try:
+        live = client.routing()
+    except DeployError:
+        return None
+    tripped = live.get("tripped")
+    if tripped and int(tripped.get("generation", -1)) == routing.generation:
+        reason = f"v{tripped.get('version')} rolled back by a guard: {tripped.get('reason')}"
+        guarded = int(tripped.get("version"))
+
+        def plan(current: Routing | None) -> Routing:
+            current = _serving(name, current)
+            if current.generation != routing.generation:
+                return current  # someone changed the routing since; their change stands
+            return current.next(
+                weights={current.stable: 100},
+                shadow=tuple(v for v in current.shadow if v != guarded),
+            )
+
+        try:
+            _change(name, plan, what=reason, event="guard", guard_reason=reason)
+            live = client.routing()
+        except DeployError:
+            pass
+    return live
+
+
+def traffic(name: str) -> dict[int, int]:
+    """``{version: percent}`` the server applies right now (after any guard), else the stored."""
+    live = sync(check_name(name))
+    if live is not None:
+        return {int(v): int(w) for v, w in live["weights"].items()}
+    found = _admin(name)
+    if found is None:
+        raise DeployError(f"no active deployment named {name!r}; running: {_running_names()}")
+    return dict(found[2].weights)
+
+
+def version_views(name: str) -> tuple[list[VersionView], str | None]:
+    """Every version the name's server holds with its share and live numbers, stable first,
+    and the last guard trip's reason."""
+    live = sync(name)
+    found = _admin(name)
+    if found is None:
+        return [], None
+    _, client, routing = found
+    weights = {int(v): int(w) for v, w in (live or {}).get("weights", {}).items()} or dict(
+        routing.weights
+    )
+    try:
+        stats = client.stats()
+    except DeployError:
+        stats = {}
+    numbers = stats.get("versions") or {}
+    agreement = {int(pair["candidate"]): pair.get("agreement") for pair in stats.get("pairs") or []}
+    views = []
+    for version in sorted(routing.versions, key=lambda v: (v != routing.stable, -v)):
+        live_numbers = numbers.get(str(version)) or {}
+        views.append(
+            VersionView(
+                version=version,
+                weight=weights.get(version, 0),
+                role=routing.role(version),
+                requests=live_numbers.get("requests"),
+                errors=live_numbers.get("errors"),
+                p50_ms=live_numbers.get("p50_ms"),
+                p99_ms=live_numbers.get("p99_ms"),
+                agreement=agreement.get(version),
+            )
+        )
+    route = Store().route(name)
+    return views, (route or {}).get("guard_reason")
+
+
+def compare(
+    name: str,
+    X: Any = None,
+    y: Any = None,
+    *,
+    versions: Sequence[int] | None = None,
+    batch_size: int = 64,
+) -> CompareReport:
+    """Versions of ``name`` side by side: over the live (mirrored or split) traffic, or, with
+    held-out ``X`` and ``y``, offline on every version the server holds (or ``versions``)."""
+    from nbdeploy._tensors import as_feeds
+    from nbdeploy.client import V2Client
+    from nbdeploy.comparison import live_report, offline_report
+
+    check_name(name)
+    sync(name)
+    found = _admin(name, timeout=10.0)
+    if found is None:
+        raise DeployError(f"no active deployment named {name!r}; running: {_running_names()}")
+    record, client, routing = found
+    if X is None:
+        if y is not None:
+            raise InputError("compare(name, X, y) needs X with y; got y without X")
+        return live_report(name, client.stats())
+    if y is None:
+        raise InputError("an offline compare needs the true answers: compare(name, X, y)")
+    chosen = [_version_arg(v) for v in versions] if versions is not None else routing.versions
+    missing = sorted(set(chosen) - set(routing.versions))
+    if missing:
+        raise InputError(f"{name} holds versions {routing.versions}; not {missing}")
+    artifact = ModelRepository().get(name, routing.stable)
+    signature = artifact.signature
+    first = signature.outputs[0].name
+    kind_of = ((artifact.metadata.get("outputs") or {}).get(first) or {}).get("kind")
+    kind = "top1" if kind_of in ("label", "probabilities", "logits") else "max_abs"
+    v2 = V2Client(record.url, token=record.token, timeout=60.0)
+
+    def predict_version(version: int, rows: Any) -> tuple[np.ndarray, float]:
+        feeds = as_feeds(signature, rows)
+        started = time.perf_counter()
+        result = v2.infer(name, feeds, version=version, outputs=[first])
+        return result[first], time.perf_counter() - started
+
+    try:
+        return offline_report(
+            name,
+            predict_version,
+            [(v, routing.role(v), routing.weights.get(v, 0)) for v in chosen],
+            X,
+            y,
+            kind=kind,
+            batch_size=batch_size,
+            labels=artifact.labels,
+        )
+    finally:
+        v2.close()

@@ -21,14 +21,15 @@ from nbdeploy.vocabulary import (
     LatencySource,
     ServerSettings,
     ServerStatus,
+    VersionView,
 )
 
 
 class Endpoint:
-    """A V2 inference endpoint on 127.0.0.1, over one :class:`Deployment` record.
+    """A name's V2 inference endpoint on 127.0.0.1, over its stable version's record.
 
-    ``predict`` re-resolves the deployment by name once when the connection fails, so a client
-    that holds an Endpoint across a blue-green switch follows the new version instead of failing.
+    The URL stays the same for the life of the name: redeploys, canaries, promotions and
+    rollbacks change what the server holds, not where it listens.
     """
 
     def __init__(self, record: Deployment) -> None:
@@ -100,13 +101,7 @@ class Endpoint:
         Returns one array for a single-output model, else a dict of arrays by output name.
         """
         feeds = as_feeds(self.signature, x)
-        try:
-            result = self.client.infer(self.name, feeds, outputs=outputs, binary=binary)
-        except DeployError:
-            successor = self._successor()
-            if successor is None:
-                raise
-            return successor.predict(x, outputs=outputs, binary=binary)
+        result = self.client.infer(self.name, feeds, outputs=outputs, binary=binary)
         return next(iter(result.values())) if len(result) == 1 else result
 
     def predict_frame(self, x: Any) -> Any:
@@ -129,16 +124,18 @@ class Endpoint:
         index = x.index if hasattr(x, "index") and hasattr(x, "columns") else None
         return prediction_frame(result, record, index=index, labels=labels)
 
-    def _successor(self) -> Endpoint | None:
-        """The deployment that replaced this one, if a redeploy happened meanwhile."""
-        try:
-            newest = deployment.current(self.name)
-        except DeployError:
-            return None
-        return Endpoint(newest) if newest.id != self.deployment_id else None
+    @property
+    def traffic(self) -> dict[int, int]:
+        """``{version: percent}`` of unversioned requests, as the server applies it now."""
+        return deployment.traffic(self.name)
+
+    @property
+    def versions(self) -> list[VersionView]:
+        """Every version the server holds, stable first, with its share and live numbers."""
+        return deployment.version_views(self.name)[0]
 
     def stop(self) -> None:
-        """Stop this deployment's server and retire it in the store."""
+        """Stop this name's server and retire every version it held."""
         deployment.stop(self.record)
 
     def view(self) -> DeploymentView:
@@ -147,6 +144,7 @@ class Endpoint:
 
         artifact = self._artifact_or_none()
         latency, source = served_latency(self.record, artifact)
+        versions, guard = deployment.version_views(self.name)
         return DeploymentView(
             name=self.name,
             version=self.version,
@@ -164,6 +162,8 @@ class Endpoint:
             p99_ms=latency["p99_ms"] if latency else None,
             latency_source=source,
             demo_url=demo_url(self.name),
+            versions=versions,
+            guard=guard,
         )
 
     def _artifact_or_none(self) -> Any:

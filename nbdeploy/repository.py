@@ -71,6 +71,7 @@ class ModelRepository:
                 write_json_atomic(staging / METADATA_FILE, record.to_dict())
                 for child in staging.iterdir():
                     child.chmod(READ_ONLY)
+                staging.chmod(0o755)  # the container's server user reads it through a mount
                 final = model_root / str(version)
                 os.rename(staging, final)
                 try:

@@ -1,4 +1,8 @@
-"""SQLite store (WAL) for model versions, deployments and events.
+"""SQLite store (WAL) for model versions, deployments, routing and events.
+
+A name's server holds several versions: each has an ``active`` row in ``deployments`` (all of
+them share the server's url, port, token and handle), and ``routes`` keeps the routing the
+server was last given (versions, weights, shadow, guards) with its admin token.
 
 One short-lived connection per operation keeps it safe across threads, kernels and processes;
 ``BEGIN IMMEDIATE`` serialises writers so two processes never take the same version number.
@@ -57,6 +61,13 @@ CREATE TABLE IF NOT EXISTS endpoint_benchmarks (
 );
 CREATE INDEX IF NOT EXISTS endpoint_benchmarks_by_deployment
     ON endpoint_benchmarks (deployment_id, id);
+CREATE TABLE IF NOT EXISTS routes (
+    name         TEXT PRIMARY KEY,
+    routing      TEXT NOT NULL,
+    admin_token  TEXT NOT NULL,
+    guard_reason TEXT,
+    updated_at   TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     ts          TEXT    NOT NULL,
@@ -223,27 +234,114 @@ class Store:
                 (*fields.values(), deployment_id),
             )
 
-    def activate(self, deployment_id: int, name: str) -> list[Deployment]:
-        """Make one deployment the active one for its name; return the ones it replaced."""
+    def apply_routing(
+        self,
+        name: str,
+        *,
+        routing: dict[str, Any],
+        admin_token: str,
+        server: dict[str, Any],
+        guard_reason: str | None = None,
+    ) -> list[Deployment]:
+        """Record in one transaction what a name's server now holds: an active row for every
+        version in ``routing``, the others retired, every row on ``server`` (runtime, url,
+        port, token, handle, settings, owner), and the routing itself; return the active rows."""
+        versions = {int(v) for v in routing["weights"]} | {int(v) for v in routing["shadow"]}
+        stamp = now()
+        shared = {
+            "runtime": server["runtime"],
+            "url": server["url"],
+            "port": server["port"],
+            "token": server["token"],
+            "handle": json.dumps(server["handle"]),
+            "settings": json.dumps(server["settings"].to_dict()),
+        }
         with self.transaction() as conn:
-            replaced = [
+            rows = conn.execute(
+                "SELECT id, version FROM deployments WHERE name = ? AND state = 'active'", (name,)
+            ).fetchall()
+            present = {int(row["version"]) for row in rows}
+            for row in rows:
+                if int(row["version"]) not in versions:
+                    conn.execute(
+                        "UPDATE deployments SET state = 'retired', updated_at = ? WHERE id = ?",
+                        (stamp, row["id"]),
+                    )
+            for version in sorted(versions - present):
+                conn.execute(
+                    "INSERT INTO deployments (name, version, runtime, state, url, port, token,"
+                    " handle, settings, owner, created_at, updated_at)"
+                    " VALUES (?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        version,
+                        shared["runtime"],
+                        shared["url"],
+                        shared["port"],
+                        shared["token"],
+                        shared["handle"],
+                        shared["settings"],
+                        server["owner"],
+                        stamp,
+                        stamp,
+                    ),
+                )
+            assignments = ", ".join(f"{key} = ?" for key in shared)
+            conn.execute(
+                f"UPDATE deployments SET {assignments}, updated_at = ?"
+                " WHERE name = ? AND state = 'active'",
+                (*shared.values(), stamp, name),
+            )
+            conn.execute(
+                "INSERT INTO routes (name, routing, admin_token, guard_reason, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET routing = excluded.routing,"
+                " admin_token = excluded.admin_token, guard_reason = excluded.guard_reason,"
+                " updated_at = excluded.updated_at",
+                (name, json.dumps(routing), admin_token, guard_reason, stamp),
+            )
+        return self.deployments(name=name)
+
+    def retire_all(self, name: str, state: DeploymentState = "retired") -> list[Deployment]:
+        """Mark every active or starting row of ``name`` (and its routing) as gone."""
+        with self.transaction() as conn:
+            rows = [
                 _record(dict(row))
                 for row in conn.execute(
-                    "SELECT * FROM deployments WHERE name = ? AND state = 'active' AND id != ?",
-                    (name, deployment_id),
+                    "SELECT * FROM deployments WHERE name = ? AND state IN ('active', 'starting')",
+                    (name,),
                 )
             ]
-            stamp = now()
             conn.execute(
-                "UPDATE deployments SET state = 'retired', updated_at = ?"
-                " WHERE name = ? AND state = 'active' AND id != ?",
-                (stamp, name, deployment_id),
+                "UPDATE deployments SET state = ?, updated_at = ?"
+                " WHERE name = ? AND state IN ('active', 'starting')",
+                (state, now(), name),
             )
+            conn.execute("DELETE FROM routes WHERE name = ?", (name,))
+        return rows
+
+    def route(self, name: str) -> dict[str, Any] | None:
+        """``{"routing": dict, "admin_token": str, "guard_reason": str | None}`` of a name."""
+        rows = self._query("SELECT * FROM routes WHERE name = ?", (name,))
+        if not rows:
+            return None
+        return {**rows[0], "routing": json.loads(rows[0]["routing"])}
+
+    def last_port(self, name: str) -> int | None:
+        """The port the name's server last listened on, to bring it back at the same URL."""
+        rows = self._query(
+            "SELECT port FROM deployments WHERE name = ? AND port IS NOT NULL AND port > 0"
+            " ORDER BY id DESC LIMIT 1",
+            (name,),
+        )
+        return int(rows[0]["port"]) if rows else None
+
+    def forget_version(self, name: str, version: int) -> None:
+        """Drop a removed version's rows (its files are gone; its events stay)."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM versions WHERE name = ? AND version = ?", (name, version))
             conn.execute(
-                "UPDATE deployments SET state = 'active', updated_at = ? WHERE id = ?",
-                (stamp, deployment_id),
+                "DELETE FROM endpoint_benchmarks WHERE name = ? AND version = ?", (name, version)
             )
-        return replaced
 
     def deployments(
         self, *, name: str | None = None, states: tuple[DeploymentState, ...] = ("active",)
@@ -254,7 +352,7 @@ class Store:
         if name is not None:
             sql += " AND name = ?"
             params += (name,)
-        return [_record(row) for row in self._query(sql + " ORDER BY name, id DESC", params)]
+        return [_record(row) for row in self._query(sql + " ORDER BY name, version DESC", params)]
 
     def deployment(self, deployment_id: int) -> Deployment | None:
         rows = self._query("SELECT * FROM deployments WHERE id = ?", (deployment_id,))

@@ -51,6 +51,12 @@ ServerStatus = Literal["starting", "running", "exited", "restarting", "missing"]
 SERVER_STATUSES: tuple[ServerStatus, ...] = get_args(ServerStatus)
 
 
+TrafficRole = Literal["stable", "canary", "shadow", "idle"]
+"""What a version does inside its name's server: takes traffic back when a guard trips (stable),
+takes a share of it (canary), gets a mirrored copy of every request (shadow), or waits (idle)."""
+TRAFFIC_ROLES: tuple[TrafficRole, ...] = get_args(TrafficRole)
+
+
 def check_choice(value: Any, choices: tuple[str, ...], what: str) -> Any:
     """``value`` if it is one of ``choices``, else an InputError listing them."""
     if value not in choices:
@@ -123,6 +129,82 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class Guards:
+    """Limits a canary carries; the server returns traffic to the stable version by itself
+    when the canary's live numbers cross one (None: not checked). ``min_requests`` is how many
+    requests (or compared rows) the numbers need before they count."""
+
+    max_error_rate: float | None = None
+    min_agreement: float | None = None
+    max_p99_ms: float | None = None
+    min_requests: int = 20
+
+    def __post_init__(self) -> None:
+        for key, low, high in (
+            ("max_error_rate", 0.0, 1.0),
+            ("min_agreement", 0.0, 1.0),
+            ("max_p99_ms", 0.0, None),
+        ):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InputError(f"guard {key} must be a number; got {value!r}")
+            if not (value >= low and (high is None or value <= high)):
+                span = f"between {low:g} and {high:g}" if high is not None else "0 or more"
+                raise InputError(f"guard {key} must be {span}; got {value!r}")
+        if isinstance(self.min_requests, bool) or not isinstance(self.min_requests, int):
+            raise InputError(f"guard min_requests must be an integer; got {self.min_requests!r}")
+        if self.min_requests < 1:
+            raise InputError(f"guard min_requests must be at least 1; got {self.min_requests}")
+
+    @property
+    def empty(self) -> bool:
+        return (
+            self.max_error_rate is None and self.min_agreement is None and self.max_p99_ms is None
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Guards:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+    @classmethod
+    def parse(cls, value: Any) -> Guards | None:
+        """``Guards``, a mapping of its fields, or None; anything else is an InputError."""
+        if value is None or isinstance(value, Guards):
+            return value
+        if not isinstance(value, dict):
+            raise InputError(f"guards must be a dict of limits or nbd.Guards; got {value!r}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise InputError(
+                f"unknown guard {', '.join(map(str, unknown))}: use {', '.join(known)}"
+            )
+        return cls(**value)
+
+
+@dataclass(frozen=True)
+class VersionView:
+    """One version inside a name's server, as surfaces show it: its share of unversioned
+    traffic and its live numbers from the server's window (None when the server did not say)."""
+
+    version: int
+    weight: int
+    role: TrafficRole
+    requests: int | None = None
+    errors: int | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    agreement: float | None = None
+    """Share of compared rows on which it answered like the stable version."""
+
+
+@dataclass(frozen=True)
 class Deployment:
     """One launch of one version of a name, as the store keeps it.
 
@@ -179,6 +261,14 @@ class DeploymentView:
     batch 1 preferred), ``in-process`` (the artifact's onnxruntime benchmark, no HTTP), or None
     when nothing was measured (surfaces then show no figure, never 0)."""
     demo_url: str | None
+    versions: list[VersionView] = field(default_factory=list)
+    """Every version the name's server holds, stable first, with its share of traffic."""
+    guard: str | None = None
+    """Why a guard sent traffic back to the stable version, since the last deploy or promote."""
+
+    @property
+    def traffic(self) -> dict[int, int]:
+        return {v.version: v.weight for v in self.versions}
 
     @property
     def made_elsewhere(self) -> bool:

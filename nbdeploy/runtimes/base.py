@@ -80,20 +80,41 @@ def inspect_model_dir(model_dir: Path, sha256: str | None = None) -> ModelFiles:
 
 @dataclass
 class LaunchSpec:
-    """What to run: one model version directory (``model.onnx``, or a Python model's
-    ``model.pkl``) on one local port; ``sha256`` is the model file's, as registered."""
+    """What to run: the one server of a name on one local port, holding the versions its
+    routing file (``serving_dir/routing.json``) names, read from ``models_root/<name>/<v>/``.
+
+    ``versions`` maps each version to its model file's sha256 as registered (a Python model
+    whose file changed since is refused). ``admin_token`` guards the routes that reload the
+    routing; ``token`` the inference routes (None: open).
+    """
 
     name: str
-    version: int
-    model_dir: Path
-    sha256: str
     port: int
     token: str | None
+    admin_token: str
+    models_root: Path
+    serving_dir: Path
+    versions: dict[int, str]
     settings: ServerSettings = field(default_factory=ServerSettings)
     progress: Progress | None = None
 
     def say(self, line: str) -> None:
         emit(self.progress, "launch", line)
+
+    def model_files(self) -> list[ModelFiles]:
+        """Format and requirements of every version, each Python model's file checked."""
+        return [
+            inspect_model_dir(self.models_root / self.name / str(version), sha256)
+            for version, sha256 in sorted(self.versions.items())
+        ]
+
+
+def environment_of(files: list[ModelFiles]) -> tuple[str, ...]:
+    """What a server holding these versions needs beyond its own packages: every version's
+    requirements, and a marker when one is a Python model; a change of it needs a new server."""
+    requirements = sorted({r for f in files for r in f.requirements})
+    python = ["python-model"] if any(f.format == "python" for f in files) else []
+    return (*python, *requirements)
 
 
 @dataclass
@@ -107,6 +128,8 @@ class RuntimeHandle:
     port: int
     url: str
     log_path: str | None = None
+    environment: list[str] = field(default_factory=list)
+    """The server's :func:`environment_of`, to know when a new version needs a new server."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +141,7 @@ class RuntimeHandle:
         values["version"] = int(values["version"])
         values["port"] = int(values["port"])
         values["ref"] = str(values["ref"])
+        values["environment"] = list(values.get("environment") or [])
         return cls(**values)
 
 
@@ -206,12 +230,12 @@ class Runtime(ABC):
             state = self.status(handle)
             if state in ("exited", "missing"):
                 raise DeployError(
-                    f"the {self.name} server for {handle.name} v{handle.version} {state} before it "
+                    f"the {self.name} server for {handle.name} {state} before it "
                     f"was ready; last log lines:\n{_tail(self.logs(handle, tail=30))}"
                 )
             time.sleep(0.1)
         raise DeployError(
-            f"the {self.name} server for {handle.name} v{handle.version} was not ready at {url} "
+            f"the {self.name} server for {handle.name} was not ready at {url} "
             f"after {timeout:.0f} s; last log lines:\n{_tail(self.logs(handle, tail=30))}"
         )
 

@@ -1,4 +1,8 @@
-"""The container runtime: one hardened container per deployment, found again by its labels.
+"""The container runtime: one hardened container per name, found again by its labels.
+
+The container runs the shared server image (plus a requirements layer for Python models) with
+the name's model versions and its routing file mounted read-only, so a new version is loaded
+into the running container instead of baking an image per version.
 
 Containers run as a non-root user on a read-only root filesystem with every capability dropped,
 memory/CPU/pid limits, and a restart policy, bound to 127.0.0.1 only. Networking is a setting
@@ -19,11 +23,12 @@ from nbdeploy.runtimes.base import (
     Runtime,
     RuntimeHandle,
     ensure_port_free,
+    environment_of,
     local_url,
     probe_ready,
 )
 from nbdeploy.runtimes.engine import START_ENGINE_HINT, docker_available, docker_client
-from nbdeploy.runtimes.image import USER_ID, build_model_image
+from nbdeploy.runtimes.image import MODELS_ROOT, USER_ID, server_image_for
 from nbdeploy.vocabulary import ServerStatus
 
 NETWORK_MODES = ("host", "bridge")
@@ -58,9 +63,13 @@ def restart_policy() -> dict[str, str]:
     return {"Name": name}
 
 
-def container_name(name: str, version: int, sha256: str) -> str:
+SERVING_MOUNT = "/serving"
+
+
+def container_name(name: str) -> str:
+    """One container per name: it holds every version the name serves."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-_.") or "model"
-    return f"nbdeploy-{slug}-v{int(version)}-{sha256[:8]}"
+    return f"nbdeploy-{slug}"
 
 
 class DockerRuntime(Runtime):
@@ -86,14 +95,20 @@ class DockerRuntime(Runtime):
         import docker
 
         ensure_port_free(spec.port)
-        image = build_model_image(
-            spec.model_dir, spec.name, spec.version, spec.sha256, spec.progress
-        )
+        files = spec.model_files()
+        image = server_image_for(files, spec.progress)
         mode = network_mode(self.client)
-        name = container_name(spec.name, spec.version, spec.sha256)
+        name = container_name(spec.name)
         self._remove_stale(name)
+        models = spec.models_root / spec.name
+        for directory in (models, *(f.directory for f in files)):
+            directory.chmod(0o755)  # read through the mount by the container's user
         options: dict[str, Any] = {
-            "command": spec.settings.server_args(),
+            "command": [
+                *spec.settings.server_args(),
+                "--routing",
+                f"{SERVING_MOUNT}/routing.json",
+            ],
             "detach": True,
             "name": name,
             "user": str(USER_ID),
@@ -103,16 +118,19 @@ class DockerRuntime(Runtime):
             "security_opt": ["no-new-privileges"],
             "pids_limit": PIDS_LIMIT,
             "restart_policy": restart_policy(),
+            "volumes": {
+                str(models): {"bind": f"{MODELS_ROOT}/{spec.name}", "mode": "ro"},
+                str(spec.serving_dir): {"bind": SERVING_MOUNT, "mode": "ro"},
+            },
             "environment": {
                 "NBDEPLOY_TOKEN": spec.token or "",
+                "NBDEPLOY_ADMIN_TOKEN": spec.admin_token,
                 "NBDEPLOY_PORT": str(spec.port),
                 "NBDEPLOY_HOST": "127.0.0.1" if mode == "host" else "0.0.0.0",
             },
             "labels": {
                 "nbdeploy.managed": "true",
                 "nbdeploy.name": spec.name,
-                "nbdeploy.version": str(int(spec.version)),
-                "nbdeploy.sha256": spec.sha256,
                 "nbdeploy.port": str(spec.port),
             },
             "network_mode": mode,
@@ -135,9 +153,10 @@ class DockerRuntime(Runtime):
             runtime=self.name,
             ref=container.id,
             name=spec.name,
-            version=int(spec.version),
+            version=max(spec.versions),
             port=spec.port,
             url=local_url(spec.port),
+            environment=list(environment_of(files)),
         )
 
     def stop(self, handle: RuntimeHandle, timeout: float = 10) -> None:

@@ -36,7 +36,7 @@ from typing import IO, Any
 
 from nbdeploy import _procs, _settings
 from nbdeploy._errors import DeployError
-from nbdeploy.runtimes.base import inspect_model_dir
+from nbdeploy.runtimes.base import ModelFiles, inspect_model_dir
 from nbdeploy.runtimes.engine import docker_client
 from nbdeploy.vocabulary import Progress, check_name, emit
 
@@ -492,6 +492,22 @@ def ensure_requirements_image(
         return tag
     finally:
         client.close()
+
+
+def server_image_for(files: Sequence[ModelFiles], progress: Progress | None = None) -> str:
+    """The image a server holding these versions runs (their files are mounted, not baked):
+    the shared server image, or the requirements layer every version's requirements need."""
+    for version in files:
+        if version.format == "python" and version.python not in (None, TARGET_PYTHON):
+            raise DeployError(
+                f"{version.directory} is a Python model pickled with Python {version.python};"
+                f" the image runs Python {TARGET_PYTHON}, which cannot load its code: deploy it"
+                " with runtime='process', or export it from a Python 3.11 kernel"
+            )
+    requirements = sorted({r for version in files for r in version.requirements})
+    if requirements:
+        return ensure_requirements_image(requirements, progress)
+    return ensure_server_image(progress)
 
 
 def build_model_image(

@@ -1,10 +1,10 @@
 """The embedded runtime: the very same server as a local subprocess, for machines without Docker.
 
-Each launch gets a run directory ``NBDEPLOY_HOME/run/<name>-v<version>-<port>/`` holding a
-one-model repository (a symlink to the version directory), the server's log and a small JSON
-pidfile, so a restarted kernel can find the server again and never kills a recycled pid.
+Each launch gets a run directory ``NBDEPLOY_HOME/run/<name>-<port>/`` holding the server's log
+and a small JSON pidfile, so a restarted kernel can find the server again and never kills a
+recycled pid. The server reads the model repository and the name's routing file in place.
 
-An ONNX model's server runs with this interpreter. A Python model's never does: it runs in a
+A server holding only ONNX models runs with this interpreter. One holding a Python model never does: it runs in a
 virtual environment made from the same wheelhouses as its image (the server's packages and the
 model's requirements, installed offline), cached under ``NBDEPLOY_CACHE/venvs/<key>`` by the
 pins it holds, with a copy of the server's sources (as in the image) as its only nbdeploy code.
@@ -30,7 +30,7 @@ from nbdeploy.runtimes.base import (
     Runtime,
     RuntimeHandle,
     ensure_port_free,
-    inspect_model_dir,
+    environment_of,
     local_url,
     probe_ready,
 )
@@ -55,18 +55,18 @@ class ProcessRuntime(Runtime):
 
     def start(self, spec: LaunchSpec) -> RuntimeHandle:
         ensure_port_free(spec.port)
-        model_dir = Path(spec.model_dir).resolve()
-        files = inspect_model_dir(model_dir, spec.sha256)
+        files = spec.model_files()
+        environment = environment_of(files)
         python = sys.executable
-        if files.format == "python":
-            python = str(python_environment(files.requirements, spec.progress))
-        run_dir = run_root() / f"{spec.name}-v{spec.version}-{spec.port}"
+        needs_venv = any(f.format == "python" for f in files)
+        if needs_venv:
+            requirements = sorted({r for f in files for r in f.requirements})
+            python = str(python_environment(requirements, spec.progress))
+        run_dir = run_root() / f"{spec.name}-{spec.port}"
         if run_dir.exists():
             shutil.rmtree(run_dir)
-        repository = run_dir / "models"
-        (repository / spec.name).mkdir(parents=True)
-        (repository / spec.name / str(spec.version)).symlink_to(model_dir, target_is_directory=True)
-        if files.format == "python":
+        run_dir.mkdir(parents=True)
+        if needs_venv:
             import_path = str(_server_sources(run_dir / "app"))
         else:
             import_path = str(Path(__file__).resolve().parents[2])
@@ -76,26 +76,32 @@ class ProcessRuntime(Runtime):
             "-m",
             "nbdeploy.serve",
             "--model-repository",
-            str(repository),
+            str(Path(spec.models_root).resolve()),
+            "--routing",
+            str(Path(spec.serving_dir).resolve() / "routing.json"),
             "--host",
             "127.0.0.1",
             "--port",
             str(spec.port),
             *spec.settings.server_args(),
         ]
-        where = "in its virtual environment" if files.format == "python" else "as a local process"
-        spec.say(f"starting {spec.name} v{spec.version} {where} on port {spec.port}")
+        where = "in a virtual environment" if needs_venv else "as a local process"
+        spec.say(f"starting the {spec.name} server {where} on port {spec.port}")
         pid, started = _procs.spawn(
-            command, log_path=log_path, cwd=run_dir, env=_server_env(spec.token, import_path)
+            command,
+            log_path=log_path,
+            cwd=run_dir,
+            env=_server_env(spec.token, spec.admin_token, import_path),
         )
         handle = RuntimeHandle(
             runtime=self.name,
             ref=str(pid),
             name=spec.name,
-            version=spec.version,
+            version=max(spec.versions),
             port=spec.port,
             url=local_url(spec.port),
             log_path=str(log_path),
+            environment=list(environment),
         )
         record = {"handle": handle.to_dict(), "start_time": started}
         (run_dir / PIDFILE).write_text(json.dumps(record, indent=2))
@@ -127,11 +133,12 @@ class ProcessRuntime(Runtime):
         return "\n".join(lines[-tail:]) if tail > 0 else ""
 
 
-def _server_env(token: str | None, import_path: str) -> dict[str, str]:
-    """This environment, plus the token and an import path that finds the server's code."""
+def _server_env(token: str | None, admin_token: str, import_path: str) -> dict[str, str]:
+    """This environment, plus the tokens and an import path that finds the server's code."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (import_path, env.get("PYTHONPATH")) if p)
     env["NBDEPLOY_TOKEN"] = token or ""
+    env["NBDEPLOY_ADMIN_TOKEN"] = admin_token
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -69,7 +69,7 @@ def test_deploy_on_docker_serves_v2_clients_and_survives_a_kill(docker_env, tmp_
 
     container = DockerRuntime().container(ep.handle)
     labels = container.labels
-    assert labels["nbdeploy.name"] == "dock" and labels["nbdeploy.version"] == "1"
+    assert labels["nbdeploy.name"] == "dock" and labels["nbdeploy.port"] == str(ep.handle.port)
     assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True
     os.kill(int(container.attrs["State"]["Pid"]), signal.SIGKILL)
     assert wait_for(lambda: nbd.get("dock").status in ("exited", "restarting", "starting"), 20)

@@ -22,11 +22,11 @@ from nbdeploy._errors import DeployError, ExportError, InputError
 from nbdeploy.artifact import ModelArtifact, sha256_file
 from nbdeploy.exporters._python import export_python, is_python_model
 from nbdeploy.repository import ModelRepository
-from nbdeploy.runtimes import LaunchSpec, RuntimeHandle, free_port, get_runtime
+from nbdeploy.runtimes import RuntimeHandle, free_port, get_runtime
 from nbdeploy.runtimes.base import Runtime
 from nbdeploy.runtimes.process import ProcessRuntime
 from tests.helpers import python_models as pm
-from tests.helpers.runtimes import needs_docker, shared_cache_dir
+from tests.helpers.runtimes import needs_docker, shared_cache_dir, single_version_spec
 
 TOKEN = "py-token"
 CLOUDPICKLE = f"cloudpickle=={importlib.metadata.version('cloudpickle')}"
@@ -52,13 +52,8 @@ def started() -> Iterator[list[tuple[Runtime, RuntimeHandle]]]:
 def serve(
     runtime: Runtime, registered: ModelArtifact, started: list[tuple[Runtime, RuntimeHandle]]
 ) -> RuntimeHandle:
-    spec = LaunchSpec(
-        name=registered.name,
-        version=int(registered.version or 1),
-        model_dir=registered.directory,
-        sha256=registered.sha256,
-        port=free_port(),
-        token=TOKEN,
+    spec = single_version_spec(
+        registered.directory, registered.sha256, port=free_port(), token=TOKEN
     )
     handle = runtime.start(spec)
     started.append((runtime, handle))
@@ -394,7 +389,7 @@ def test_a_changed_pickle_is_refused_by_the_runtime_and_by_the_server(tmp_path: 
     with open(copy / "model.pkl", "ab") as handle:
         handle.write(b"\x00")  # one byte appended: still loads with pickle, no longer the same
 
-    spec = LaunchSpec("flowers", 1, copy, registered.sha256, free_port(), None)
+    spec = single_version_spec(copy, registered.sha256, port=free_port(), token=None)
     with pytest.raises(DeployError, match="refusing to run .*model.pkl: its sha256 .* differs"):
         ProcessRuntime().start(spec)
 
@@ -451,18 +446,15 @@ def test_python_model_image_is_hardened_layered_and_answers(docker_env, started)
     assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
     assert container.exec_run(["touch", "/app/x"]).exit_code != 0
 
-    # Layers: server, + the requirements layer (cloudpickle), + the model.
+    # Layers: server, + the requirements layer (cloudpickle); the model is mounted, not baked.
     client = runtime.client
-    model_image = client.images.get(container.image.id)
-    requirements_tag = model_image.labels["nbdeploy.server"]
-    assert requirements_tag.startswith(image.REQUIREMENTS_REPOSITORY + ":")
-    requirements_image = client.images.get(requirements_tag)
+    requirements_image = client.images.get(container.image.id)
+    assert requirements_image.labels["nbdeploy.role"] == "requirements"
+    assert any(t.startswith(image.REQUIREMENTS_REPOSITORY + ":") for t in requirements_image.tags)
     server_image = client.images.get(requirements_image.labels["nbdeploy.server"])
     server_layers = server_image.attrs["RootFS"]["Layers"]
     assert requirements_image.attrs["RootFS"]["Layers"][:-1] == server_layers
-    assert (
-        model_image.attrs["RootFS"]["Layers"][:-1] == requirements_image.attrs["RootFS"]["Layers"]
-    )
+    assert container.exec_run(["ls", "/models/pyimg/1/model.pkl"]).exit_code == 0
     added = requirements_image.attrs["Size"] - server_image.attrs["Size"]
     assert 0 < added < 2 * 1024**2, added  # cloudpickle alone
     probe = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('cloudpickle') else 3)"
@@ -478,6 +470,6 @@ def test_python_model_image_is_hardened_layered_and_answers(docker_env, started)
     assert onnx_probe.wait(timeout=60)["StatusCode"] == 3
     print(
         f"\nimage sizes: server (ONNX models) {server_image.attrs['Size'] / 1e6:.1f} MB,"
-        f" Python model {model_image.attrs['Size'] / 1e6:.1f} MB"
+        f" Python model {requirements_image.attrs['Size'] / 1e6:.1f} MB"
         f" (requirements layer {added / 1e3:.0f} kB)"
     )

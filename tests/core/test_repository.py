@@ -133,16 +133,37 @@ def test_concurrent_processes_get_distinct_versions(nbdeploy_home: Path) -> None
         assert conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0] == 24
 
 
-def test_store_activation_retires_the_previous_deployment() -> None:
+def test_store_records_what_a_server_holds_in_one_transaction() -> None:
     store = Store()
-    first = store.add_deployment(name="m", version=1, runtime="process", state="starting")
-    assert store.activate(first, "m") == []
-    second = store.add_deployment(name="m", version=2, runtime="process", state="starting")
-    replaced = store.activate(second, "m")
-    assert [row.id for row in replaced] == [first]
-    active = store.deployments(name="m")
-    assert [(row.id, row.version) for row in active] == [(second, 2)]
-    assert store.deployment(first).state == "retired"
+    server = {
+        "runtime": "process",
+        "url": "http://127.0.0.1:1234",
+        "port": 1234,
+        "token": "t",
+        "handle": {"ref": "1"},
+        "settings": ServerSettings(),
+        "owner": "me",
+    }
+    routing = {"weights": {"1": 90, "2": 10}, "shadow": []}
+    active = store.apply_routing("m", routing=routing, admin_token="a", server=server)
+    assert sorted(row.version for row in active) == [1, 2]
+    assert {row.url for row in active} == {"http://127.0.0.1:1234"}
+    first_ids = {row.version: row.id for row in active}
+    moved = {**server, "url": "http://127.0.0.1:5678", "port": 5678}
+    routing = {"weights": {"2": 100}, "shadow": [3]}
+    active = store.apply_routing(
+        "m", routing=routing, admin_token="a", server=moved, guard_reason="why"
+    )
+    assert sorted(row.version for row in active) == [2, 3]
+    assert {row.port for row in active} == {5678}
+    assert next(r.id for r in active if r.version == 2) == first_ids[2]  # kept, not re-added
+    assert store.deployment(first_ids[1]).state == "retired"
+    assert store.route("m")["guard_reason"] == "why"
+    assert store.route("m")["routing"] == routing
+    assert store.last_port("m") == 5678
+    retired = store.retire_all("m")
+    assert sorted(row.version for row in retired) == [2, 3]
+    assert store.deployments(name="m") == [] and store.route("m") is None
     store.add_event("m", "deployed", "version 2", {"port": 1234})
     assert store.events("m")[0]["message"] == "version 2"
 

@@ -16,7 +16,6 @@ import pytest
 
 from nbdeploy._errors import DeployError, InputError
 from nbdeploy.runtimes import (
-    LaunchSpec,
     RuntimeHandle,
     docker_available,
     free_port,
@@ -33,6 +32,7 @@ from tests.helpers.runtimes import (
     output_array,
     poll,
     shared_cache_dir,
+    single_version_spec,
 )
 
 TOKEN = "s3cret-token"
@@ -60,10 +60,9 @@ def test_handle_round_trips_through_json() -> None:
     assert restored == handle
 
 
-def test_spec_turns_tuning_into_server_flags(tmp_path: Path) -> None:
+def test_spec_turns_tuning_into_server_flags() -> None:
     settings = ServerSettings(max_batch_size=8, batching=False, cpus=2.5)
-    spec = LaunchSpec("m", 1, tmp_path, "0" * 64, 9000, None, settings=settings)
-    assert spec.settings.server_args() == [
+    assert settings.server_args() == [
         "--max-batch-size",
         "8",
         "--max-queue-delay-ms",
@@ -72,7 +71,7 @@ def test_spec_turns_tuning_into_server_flags(tmp_path: Path) -> None:
         "--threads",
         "2",
     ]
-    assert "--threads" not in LaunchSpec("m", 1, tmp_path, "0", 9000, None).settings.server_args()
+    assert "--threads" not in ServerSettings().server_args()
 
 
 def test_port_helpers_see_a_listener() -> None:
@@ -110,14 +109,8 @@ def tiny(tmp_path: Path) -> tuple[Path, str, np.ndarray]:
 
 def launch(runtime: Runtime, model: tuple[Path, str, np.ndarray], **options) -> RuntimeHandle:
     directory, sha, _ = model
-    spec = LaunchSpec(
-        name="tiny",
-        version=1,
-        model_dir=directory,
-        sha256=sha,
-        port=free_port(),
-        token=TOKEN,
-        settings=ServerSettings(**options),
+    spec = single_version_spec(
+        directory, sha, port=free_port(), token=TOKEN, settings=ServerSettings(**options)
     )
     return runtime.start(spec)
 
@@ -200,7 +193,7 @@ def test_a_port_in_use_is_refused_before_launch(tiny) -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        spec = LaunchSpec("tiny", 1, directory, sha, port, TOKEN)
+        spec = single_version_spec(directory, sha, port=port, token=TOKEN)
         with pytest.raises(DeployError, match=f"port {port} on 127.0.0.1 is already in use"):
             ProcessRuntime().start(spec)
         assert not list(run_root().glob("tiny-*"))
@@ -240,7 +233,9 @@ def test_docker_runtime_hardened_container(docker_env, tiny, started) -> None:
     assert host["RestartPolicy"]["Name"] == "unless-stopped"
     assert "/v2/health/ready" in " ".join(config["Healthcheck"]["Test"])
     assert container.labels["nbdeploy.name"] == "tiny"
-    assert container.labels["nbdeploy.sha256"] == tiny[1]
+    mounts = {m["Destination"]: (m["Source"], m["RW"]) for m in container.attrs["Mounts"]}
+    assert mounts["/models/tiny"] == (str(tiny[0].parent), False)
+    assert mounts["/serving"][1] is False
     assert container.labels["nbdeploy.port"] == str(handle.port)
     assert container.exec_run(["touch", "/app/x"]).exit_code != 0  # read-only root
     assert container.exec_run(["touch", "/tmp/x"]).exit_code == 0  # tmpfs is writable
@@ -298,5 +293,5 @@ def test_docker_port_in_use_is_refused_before_anything_runs(docker_env, tiny) ->
         sock.listen()
         port = sock.getsockname()[1]
         with pytest.raises(DeployError, match=f"port {port} on 127.0.0.1 is already in use"):
-            docker_env.start(LaunchSpec("tiny", 1, directory, sha, port, TOKEN))
+            docker_env.start(single_version_spec(directory, sha, port=port, token=TOKEN))
     assert not containers_named(docker_env, "tiny")

@@ -12,7 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-from nbdeploy.runtimes import docker_available
+from nbdeploy.routing import Routing, serving_dir, write_routing
+from nbdeploy.runtimes import LaunchSpec, docker_available
+from nbdeploy.vocabulary import Progress, ServerSettings
 from tests.helpers.onnx_models import linear_model
 
 needs_docker = pytest.mark.skipif(
@@ -78,3 +80,29 @@ def poll(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) 
             return True
         time.sleep(interval)
     return predicate()
+
+
+def single_version_spec(
+    directory: Path,
+    sha256: str,
+    *,
+    port: int,
+    token: str | None,
+    settings: ServerSettings | None = None,
+    progress: Progress | None = None,
+) -> LaunchSpec:
+    """A LaunchSpec for a server holding the one version in ``directory`` (laid out as
+    ``root/name/version``), with its routing file written as a deploy writes it."""
+    name, version = directory.parent.name, int(directory.name)
+    write_routing(Routing(name, stable=version, weights={version: 100}))
+    return LaunchSpec(
+        name=name,
+        port=port,
+        token=token,
+        admin_token=f"admin-{name}",
+        models_root=directory.parent.parent,
+        serving_dir=serving_dir(name),
+        versions={version: sha256},
+        settings=settings or ServerSettings(),
+        progress=progress,
+    )

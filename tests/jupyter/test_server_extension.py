@@ -123,7 +123,7 @@ async def test_list_and_detail_show_the_deployment_and_its_benchmark(
     assert detail["signature"]["inputs"][0]["shape"] == [-1, 4]
     assert detail["model"]["variant"] == "fp32"
     assert detail["model"]["onnx_sha256"] == nbd.models()[0]["sha256"]
-    assert [(v["version"], v["serving"]) for v in detail["versions"]] == [(1, True)]
+    assert [(v["version"], v["serving"]) for v in detail["registered"]] == [(1, True)]
 
 
 async def test_empty_listing_and_error_statuses(
@@ -253,7 +253,7 @@ async def test_rollback_and_stop_through_the_api(
     row = await fetch_json(jp_fetch, *base, "rollback", method="POST", body='{"version": 2}')
     assert row["version"] == 2
     detail = await fetch_json(jp_fetch, *base)
-    assert {v["version"]: v["serving"] for v in detail["versions"]} == {1: False, 2: True}
+    assert {v["version"]: v["serving"] for v in detail["registered"]} == {1: False, 2: True}
 
     stopped = await fetch_json(jp_fetch, *base, "stop", method="POST", body="")
     assert stopped == {"name": NAME, "stopped_versions": [2]}

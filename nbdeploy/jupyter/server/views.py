@@ -25,10 +25,12 @@ def list_deployments(*, voila_root: str | None = None) -> list[dict[str, Any]]:
 
 
 def deployment_detail(endpoint: Endpoint, *, voila_root: str | None = None) -> dict[str, Any]:
-    """A row plus the registered metadata, the signature and every registered version."""
+    """A row plus the registered metadata, the signature and every registered version
+    (``registered``; the row's ``versions`` are the ones its server holds)."""
     model = api.model(endpoint.name, endpoint.version).to_dict()
     signature = model.pop("signature")
-    versions = [
+    serving = {v.version for v in endpoint.versions} or {endpoint.version}
+    registered = [
         {
             "version": row["version"],
             "variant": row.get("variant"),
@@ -36,7 +38,7 @@ def deployment_detail(endpoint: Endpoint, *, voila_root: str | None = None) -> d
             "size_bytes": row.get("size_bytes"),
             "sha256": row.get("sha256"),
             "created_at": row.get("created_at"),
-            "serving": row["version"] == endpoint.version,
+            "serving": row["version"] in serving,
         }
         for row in api.models(endpoint.name)
     ]
@@ -44,5 +46,5 @@ def deployment_detail(endpoint: Endpoint, *, voila_root: str | None = None) -> d
         **deployment_row(endpoint, voila_root=voila_root),
         "signature": signature,
         "model": model,
-        "versions": versions,
+        "registered": registered,
     }
