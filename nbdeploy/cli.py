@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from nbdeploy import _format
-from nbdeploy._errors import NbdeployError
-from nbdeploy.vocabulary import QUANTIZE_CHOICES, RUNTIME_CHOICES, ProgressEvent
+from nbdeploy._errors import InputError, NbdeployError
+from nbdeploy.vocabulary import (
+    QUANTIZE_CHOICES,
+    RUNTIME_CHOICES,
+    DeploymentView,
+    ProgressEvent,
+    VersionView,
+)
+
+WEIGHT_PAIR = re.compile(r"(\d+)[=:](\d+)%?")
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -23,6 +32,17 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes or any(size < 1 for size in sizes):
         raise argparse.ArgumentTypeError(f"batch sizes must be positive integers; got {text!r}")
     return sizes
+
+
+def _weight_pair(text: str) -> tuple[int, int]:
+    """``1=90`` (or ``1:90``, as ``nbdeploy ls`` prints it) as ``(1, 90)``; the sum and the
+    versions are the core's to check."""
+    match = WEIGHT_PAIR.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected VERSION=PERCENT pairs such as 1=90 2=10; got {text!r}"
+        )
+    return int(match.group(1)), int(match.group(2))
 
 
 def _print_json(data: Any) -> None:
@@ -62,17 +82,41 @@ LIST_COLUMNS = (
     "runtime",
     "format",
     "status",
+    "traffic",
     "url",
     "p50_ms",
     "p99_ms",
     "created_at",
 )
+VERSION_COLUMNS = (
+    "version",
+    "weight",
+    "role",
+    "requests",
+    "errors",
+    "p50_ms",
+    "p99_ms",
+    "agreement",
+)
+
+
+def _split(versions: Sequence[dict[str, Any]]) -> str:
+    """``1:90 2:10``: each version's percent of the traffic (a shadow says so instead)."""
+    return " ".join(
+        f"{v['version']}:{'shadow' if v['role'] == 'shadow' else v['weight']}" for v in versions
+    )
+
+
+def _list_columns(views: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """The listing's columns, with ``guard`` only when a guard took some canary's traffic back."""
+    return (*LIST_COLUMNS, "guard") if any(v.get("guard") for v in views) else LIST_COLUMNS
 
 
 def _latency_cells(view: dict[str, Any]) -> dict[str, Any]:
     """p50/p99 as ``nbdeploy._format.ms`` prints them, marked when measured in-process only
     (not over HTTP on the endpoint); None (printed ``-``) when nothing was measured."""
     cells = dict(view)
+    cells["traffic"] = _split(view.get("versions") or []) or None
     for key in ("p50_ms", "p99_ms"):
         text = _format.ms(view.get(key))
         if text and view.get("latency_source") == "in-process":
@@ -93,7 +137,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     views = [view.to_dict() for view in api.deployment_views()]
     _show(
         views if args.json else [_latency_cells(view) for view in views],
-        LIST_COLUMNS,
+        _list_columns(views),
         as_json=args.json,
         empty="No deployments. Start one with: nbdeploy deploy MODEL.onnx --name NAME",
     )
@@ -115,6 +159,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     import nbdeploy.api as api
 
+    guards = {
+        key: getattr(args, key)
+        for key in ("max_error_rate", "min_agreement", "max_p99_ms", "min_requests")
+        if getattr(args, key) is not None
+    }
     endpoint = api.deploy(
         args.path,
         name=args.name,
@@ -122,16 +171,55 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         runtime=args.runtime,
         port=args.port,
         auth=not args.no_auth,
+        canary=args.canary,
+        shadow=args.shadow,
+        guards=guards or None,
         progress=_print_stage,
     )
+    view = endpoint.view()
     if args.json:
-        _print_json({**endpoint.to_dict(), "token": endpoint.token})
+        _print_json({**view.to_dict(), "token": endpoint.token})
         return 0
-    print(f"{endpoint.name} v{endpoint.version} is serving at {endpoint.url}")
+    deployed = max((v.version for v in view.versions), default=view.version)
+    print(f"{endpoint.name} v{deployed} is serving at {endpoint.url}")
     print(f"  infer: POST {endpoint.url}/v2/models/{endpoint.name}/infer")
+    serving = [v for v in view.versions if v.role != "idle"]
+    if len(serving) > 1:
+        print(f"  traffic: {_traffic_line(serving)}")
     if endpoint.token:
         print(f"  token: {endpoint.token}")
     return 0
+
+
+def _traffic_line(versions: Sequence[VersionView]) -> str:
+    """``v1 90% · v2 10% (canary)``, as the notebook summary writes it."""
+    return " · ".join(
+        f"v{v.version} {v.weight}%" + (f" ({v.role})" if v.role in ("canary", "shadow") else "")
+        for v in versions
+    )
+
+
+def _version_cells(version: dict[str, Any]) -> dict[str, Any]:
+    cells = dict(version)
+    cells["weight"] = f"{version['weight']}%"
+    for key in ("p50_ms", "p99_ms"):
+        cells[key] = _format.ms(version.get(key)) or None
+    if version.get("agreement") is not None:
+        cells["agreement"] = f"{version['agreement']:.1%}"
+    return cells
+
+
+def _show_versions(view: DeploymentView, action: str, *, as_json: bool) -> None:
+    """A name's versions after ``action`` (or as they are): JSON, or a headline and a table."""
+    data = view.to_dict()
+    if as_json:
+        _print_json(data)
+        return
+    print(f"{action}{view.name}: stable v{view.version} at {view.url}")
+    if view.guard:
+        print(f"guard: {view.guard}")
+    if view.versions:
+        print(_table([_version_cells(v) for v in data["versions"]], VERSION_COLUMNS))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -141,7 +229,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(info)
     else:
-        print(_table([info], LIST_COLUMNS))
+        print(_table([_latency_cells(info)], _list_columns([info])))
     return 0
 
 
@@ -163,8 +251,65 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     import nbdeploy.api as api
 
-    endpoint = api.rollback(args.name, args.version)
-    print(f"{endpoint.name} now serves version {endpoint.version} at {endpoint.url}")
+    endpoint = api.rollback(args.name, args.version, progress=_print_stage)
+    _show_versions(endpoint.view(), "rolled back: ", as_json=args.json)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    import nbdeploy.api as api
+
+    endpoint = api.promote(args.name, args.version, progress=_print_stage)
+    _show_versions(endpoint.view(), "promoted: ", as_json=args.json)
+    return 0
+
+
+def cmd_traffic(args: argparse.Namespace) -> int:
+    import nbdeploy.api as api
+
+    if not args.weights:
+        _show_versions(api.get(args.name).view(), "", as_json=args.json)
+        return 0
+    weights = dict(args.weights)
+    if len(weights) < len(args.weights):
+        raise InputError("traffic: each version may be given once")
+    endpoint = api.set_traffic(args.name, weights, progress=_print_stage)
+    _show_versions(endpoint.view(), "traffic set: ", as_json=args.json)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import nbdeploy.api as api
+
+    report = api.compare(args.name)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.table())
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    import nbdeploy.api as api
+
+    removed = api.remove(args.name, args.version, force=args.force)
+    if removed:
+        print(f"removed {args.name} version {', '.join(map(str, removed))}")
+    else:
+        print(f"nothing to remove for {args.name}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    import nbdeploy.api as api
+
+    report = api.prune(keep=args.keep, dry_run=args.dry_run)
+    if args.json:
+        _print_json({**report.to_dict(), "dry_run": args.dry_run})
+        return 0
+    print(report.table())
+    if args.dry_run:
+        print("dry run: nothing was removed (run without --dry-run to remove these)")
     return 0
 
 
@@ -227,7 +372,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)"
     )
     deploy.add_argument("--no-auth", action="store_true", help="serve without a bearer token")
-    deploy.add_argument("--json", action="store_true", help="print the endpoint as JSON")
+    beside = deploy.add_mutually_exclusive_group()
+    beside.add_argument(
+        "--canary",
+        type=int,
+        metavar="P",
+        help="serve the new version beside the current one with P%% of the traffic (1-99)",
+    )
+    beside.add_argument(
+        "--shadow",
+        action="store_true",
+        help="load the new version beside the current one and mirror every request to it",
+    )
+    guards = deploy.add_argument_group(
+        "guards", "limits that send a canary's traffic back to the stable version by themselves"
+    )
+    guards.add_argument("--max-error-rate", type=float, metavar="R", help="errors per request, 0-1")
+    guards.add_argument(
+        "--min-agreement", type=float, metavar="A", help="rows answered like the stable, 0-1"
+    )
+    guards.add_argument("--max-p99-ms", type=float, metavar="M", help="p99 latency in ms")
+    guards.add_argument(
+        "--min-requests", type=int, metavar="N", help="requests before judging (default 20)"
+    )
+    deploy.add_argument("--json", action="store_true", help="print the deployment as JSON")
     deploy.set_defaults(handler=cmd_deploy)
 
     status = sub.add_parser("status", help="show one deployment")
@@ -244,12 +412,66 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("name")
     stop.set_defaults(handler=cmd_stop)
 
-    rollback = sub.add_parser("rollback", help="serve an earlier version of a deployment")
+    rollback = sub.add_parser(
+        "rollback",
+        help="drop a canary or shadow (all traffic to the stable version), else serve an"
+        " earlier version",
+    )
     rollback.add_argument("name")
     rollback.add_argument(
         "--version", type=int, default=None, help="version (default: the previous)"
     )
+    rollback.add_argument("--json", action="store_true", help="print the deployment as JSON")
     rollback.set_defaults(handler=cmd_rollback)
+
+    promote = sub.add_parser(
+        "promote", help="give a canary or shadow version all the traffic and make it stable"
+    )
+    promote.add_argument("name")
+    promote.add_argument(
+        "--version", type=int, default=None, help="version (default: the newest candidate)"
+    )
+    promote.add_argument("--json", action="store_true", help="print the deployment as JSON")
+    promote.set_defaults(handler=cmd_promote)
+
+    traffic = sub.add_parser("traffic", help="show or set how traffic splits between versions")
+    traffic.add_argument("name")
+    traffic.add_argument(
+        "weights",
+        nargs="*",
+        type=_weight_pair,
+        metavar="VERSION=PERCENT",
+        help="the new split, e.g. 1=50 2=50 (percents summing to 100); none: show it",
+    )
+    traffic.add_argument("--json", action="store_true", help="print the deployment as JSON")
+    traffic.set_defaults(handler=cmd_traffic)
+
+    compare = sub.add_parser(
+        "compare", help="compare a deployment's versions on the traffic they served"
+    )
+    compare.add_argument("name")
+    compare.add_argument("--json", action="store_true", help="print the report as JSON")
+    compare.set_defaults(handler=cmd_compare)
+
+    rm = sub.add_parser("rm", help="delete a model's registered versions (all, or one)")
+    rm.add_argument("name")
+    rm.add_argument("--version", type=int, default=None, help="only this version")
+    rm.add_argument(
+        "--force", action="store_true", help="remove them even while a deployment serves them"
+    )
+    rm.set_defaults(handler=cmd_rm)
+
+    prune = sub.add_parser(
+        "prune", help="delete old model versions (and what they left behind) that nothing serves"
+    )
+    prune.add_argument(
+        "--keep", type=int, default=2, help="newest versions to keep per name (default 2)"
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="list what would be removed, remove nothing"
+    )
+    prune.add_argument("--json", action="store_true", help="print the report as JSON")
+    prune.set_defaults(handler=cmd_prune)
 
     demo = sub.add_parser("demo", help="open (or stop) the Voila demo page of a deployment")
     demo.add_argument("name")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import difflib
 import keyword
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,29 @@ def evaluate(expression: str, namespace: Mapping[str, Any], *, what: str) -> Any
         raise ExpressionError(
             f"{what} {text!r} could not be evaluated: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+WEIGHT_PAIR = re.compile(r"(\d+)[=:](\d+)%?")
+
+
+def parse_weights(pairs: Sequence[str]) -> dict[int, int]:
+    """``["1=90", "2=10"]`` (or ``1:90``, as listings print it) as ``{1: 90, 2: 10}``.
+
+    Only the shape is checked here; whether the percents add up and the versions exist is the
+    core's call, so every surface gets the same answer.
+    """
+    weights: dict[int, int] = {}
+    for pair in pairs:
+        match = WEIGHT_PAIR.fullmatch(pair.strip())
+        if match is None:
+            raise InputError(
+                f"traffic: expected VERSION=PERCENT pairs such as 1=90 2=10; got {pair!r}"
+            )
+        version, percent = int(match.group(1)), int(match.group(2))
+        if version in weights:
+            raise InputError(f"traffic: version {version} is given twice")
+        weights[version] = percent
+    return weights
 
 
 def _name_hint(namespace: Mapping[str, Any], what: str, missing: str) -> str:

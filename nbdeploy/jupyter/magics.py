@@ -1,4 +1,5 @@
-"""``%deploy``, ``%deployments`` and ``%undeploy``: one line from a notebook to an endpoint.
+"""``%deploy``, ``%deployments``, ``%undeploy`` and the version magics (``%promote``,
+``%rollback``, ``%traffic``, ``%compare``): one line from a notebook to an endpoint.
 
 Thin by design: arguments are resolved in the user's namespace and handed to ``nbdeploy.api``;
 what comes back is rendered. Defaults are traitlets, so ``%config DeployMagic.runtime =
@@ -28,8 +29,9 @@ from nbdeploy.jupyter import (
     evaluate,
     launch_demo_url,
     model_kind,
+    parse_weights,
 )
-from nbdeploy.jupyter.render import DeploymentTable, DeploySummary, progress_html
+from nbdeploy.jupyter.render import DeploymentTable, DeploySummary, VersionsView, progress_html
 from nbdeploy.vocabulary import (
     QUANTIZE_CHOICES,
     RUNTIME_CHOICES,
@@ -93,6 +95,13 @@ class ProgressReporter:
             from IPython.display import HTML
 
             self._handle.update(HTML(progress_html(self.steps, failed=message)))
+
+    def done(self) -> None:
+        """Mark the live view finished (a ✓ on the last step) when something else is shown."""
+        if self._handle is not None:
+            from IPython.display import HTML
+
+            self._handle.update(HTML(progress_html(self.steps, done=True)))
 
     def finish(self, result: Any) -> None:
         """Replace the live progress view with ``result`` (or show it below the printed lines)."""
@@ -219,6 +228,42 @@ class DeployMagic(Magics):
         default=None,
         help="require a bearer token on inference routes (default: DeployMagic.auth)",
     )
+    @argument(
+        "--canary",
+        type=int,
+        metavar="P",
+        help="serve the new version beside the current one, with P%% of the traffic (1-99)",
+    )
+    @argument(
+        "--shadow",
+        action="store_true",
+        help="load the new version beside the current one and mirror every request to it",
+    )
+    @argument(
+        "--max-error-rate",
+        type=float,
+        metavar="R",
+        help="guard: send the canary's traffic back when its error rate exceeds R (0-1)",
+    )
+    @argument(
+        "--min-agreement",
+        type=float,
+        metavar="A",
+        help="guard: send the canary's traffic back when it agrees with the stable version on"
+        " less than A of the rows (0-1)",
+    )
+    @argument(
+        "--max-p99-ms",
+        type=float,
+        metavar="M",
+        help="guard: send the canary's traffic back when its p99 latency exceeds M ms",
+    )
+    @argument(
+        "--min-requests",
+        type=int,
+        metavar="N",
+        help="guard: judge the canary only once it has N requests in the window (default 20)",
+    )
     @line_magic
     def deploy(self, line: str) -> Endpoint:
         """Export, check, (quantize,) serve MODEL as a local Open Inference Protocol endpoint.
@@ -227,6 +272,9 @@ class DeployMagic(Magics):
         """
         with self.readable_errors():
             args = self._parse(self.deploy, line)
+            if args.canary is not None and args.shadow:
+                raise UsageError("--canary and --shadow exclude each other: pick one")
+            guards = _guards(args)
             model_text = _unquote(args.model) if _is_quoted_expression(args.model) else args.model
             try:
                 model = evaluate(model_text, self.namespace, what="MODEL")
@@ -253,6 +301,9 @@ class DeployMagic(Magics):
                     requirements=requirements,
                     port=args.port,
                     auth=self.auth if args.auth is None else args.auth,
+                    canary=args.canary,
+                    shadow=args.shadow,
+                    guards=guards,
                     progress=progress,
                 )
             except BaseException as exc:  # Ctrl-C too: the card must not keep its hourglass
@@ -286,12 +337,25 @@ class DeployMagic(Magics):
                 raise
             raise UsageError(f"{str(exc).strip()} ({hint})") from exc
 
+    def _change(self, call: Callable[..., Endpoint], *args: Any) -> Endpoint:
+        """Run a core call that changes which versions serve, with its progress shown live."""
+        progress = ProgressReporter(self.rich)
+        try:
+            endpoint = call(*args, progress=progress)
+        except BaseException as exc:
+            if progress.steps:
+                progress.fail(" ".join(str(exc).split()) or type(exc).__name__)
+            raise
+        progress.done()
+        return endpoint
+
     def _expression(self, text: str | None, what: str) -> Any:
         return None if text is None else evaluate(_unquote(text), self.namespace, what=what)
 
     @line_magic
     def deployments(self, line: str = "") -> DeploymentTable:
-        """The deployments that run now: name, version, runtime, live status, URL."""
+        """The deployments that run now: name, version, runtime, live status, traffic split
+        between versions, URL (and why a guard took a canary's traffic back, when one did)."""
         with self.readable_errors():
             if line.strip():
                 raise UsageError(f"%deployments takes no arguments; got {line.strip()!r}")
@@ -331,6 +395,95 @@ class DeployMagic(Magics):
                     f"{', '.join(others)}; %undeploy --all --force stops them too"
                 )
 
+    @magic_arguments()
+    @argument("name", metavar="NAME", help="the deployment")
+    @argument(
+        "-v",
+        "--version",
+        type=int,
+        help="the version to promote (default: the newest canary or shadow)",
+    )
+    @line_magic
+    def promote(self, line: str) -> VersionsView:
+        """Give a candidate version all the traffic and make it the stable one."""
+        with self.readable_errors():
+            args = self._parse(self.promote, line)
+            endpoint = self._change(api.promote, _unquote(args.name), args.version)
+            return VersionsView.of(endpoint.view(), f"promoted v{endpoint.version}")
+
+    @magic_arguments()
+    @argument("name", metavar="NAME", help="the deployment")
+    @argument(
+        "-v",
+        "--version",
+        type=int,
+        help="the version to serve (default: drop the canary or shadow, else the previous one)",
+    )
+    @line_magic
+    def rollback(self, line: str) -> VersionsView:
+        """Send all traffic back to the stable version (or serve an earlier version)."""
+        with self.readable_errors():
+            args = self._parse(self.rollback, line)
+            endpoint = self._change(api.rollback, _unquote(args.name), args.version)
+            return VersionsView.of(endpoint.view(), f"rolled back to v{endpoint.version}")
+
+    @magic_arguments()
+    @argument("name", metavar="NAME", help="the deployment")
+    @argument(
+        "weights",
+        nargs="*",
+        metavar="VERSION=PERCENT",
+        help="the new split, e.g. 1=50 2=50 (percents summing to 100); none: show the split",
+    )
+    @line_magic
+    def traffic(self, line: str) -> VersionsView:
+        """Show how a deployment's traffic is split between its versions, or set the split."""
+        with self.readable_errors():
+            args = self._parse(self.traffic, line)
+            name = _unquote(args.name)
+            if not args.weights:
+                return VersionsView.of(api.get(name).view())
+            weights = parse_weights(args.weights)
+            endpoint = self._change(api.set_traffic, name, weights)
+            return VersionsView.of(endpoint.view(), "traffic set")
+
+    @magic_arguments()
+    @argument("name", metavar="NAME", help="the deployment")
+    @argument(
+        "data",
+        nargs="*",
+        metavar="X [y]",
+        help="rows to send to every version (and their true labels or targets), e.g. x_test"
+        " y_test; none: the live numbers of the traffic served so far",
+    )
+    @line_magic
+    def compare(self, line: str) -> Any:
+        """Compare a deployment's versions: latency, errors, agreement (and accuracy with y)."""
+        with self.readable_errors():
+            args = self._parse(self.compare, line)
+            if len(args.data) > 2:
+                raise UsageError(
+                    f"%compare takes NAME, then at most X and y; got {' '.join(args.data)!r}"
+                )
+            x, y = (self._expression(text, what) for text, what in _pad(args.data))
+            return api.compare(_unquote(args.name), x, y)
+
+
+def _pad(data: Sequence[str]) -> list[tuple[str | None, str]]:
+    """``%compare``'s optional X and y, each with the name its errors use."""
+    texts = [*data, None, None][:2]
+    return list(zip(texts, ("X", "y"), strict=True))
+
+
+def _guards(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The guard options that were given, as ``deploy(guards=...)`` takes them."""
+    given = {
+        key: getattr(args, key)
+        for key in ("max_error_rate", "min_agreement", "max_p99_ms", "min_requests")
+        if getattr(args, key) is not None
+    }
+    return given or None
+
 
 def deploy_summary(
     endpoint: Endpoint,
@@ -352,7 +505,9 @@ def deploy_summary(
     """
     from nbdeploy.bench import BenchmarkReport
 
-    served = api.model(endpoint.name, endpoint.version)
+    versions = endpoint.versions
+    deployed = max((v.version for v in versions), default=endpoint.version)
+    served = api.model(endpoint.name, deployed)
     selection = BenchmarkReport.from_dict(served.benchmark) if served.benchmark else None
     notes: list[str] = []
     measured = report
@@ -375,6 +530,7 @@ def deploy_summary(
         demo_url=demo_url,
         notes=notes,
         steps=[str(step) for step in steps],
+        versions=versions,
     )
 
 

@@ -42,6 +42,7 @@ from nbdeploy.vocabulary import (
     DeploymentView,
     ProgressEvent,
     Stage,
+    VersionView,
     made_elsewhere,
 )
 
@@ -60,6 +61,12 @@ def log_html(lines: list[str]) -> str:
     """Already-escaped lines, one ``<div>`` each (single-spaced), scrolled to the last one."""
     body = "".join(f"<div style='{LINE_STYLE}'>{line}</div>" for line in lines)
     return f"<div style='{LOG_STYLE}'><div>{body}</div></div>"
+
+
+def _split(versions: list[VersionView]) -> str:
+    """``traffic: v1 90% · v2 10%`` for a log line."""
+    shares = " · ".join(f"v{v.version} {v.weight}%" for v in versions if v.weight)
+    return f"traffic: {shares or 'none'}"
 
 
 def _bundle(obj: Any) -> dict[str, Any]:
@@ -81,35 +88,104 @@ class _VariantsView:
         return variants_text(self.rows)
 
 
-class DeploymentRow(widgets.VBox):
-    """One running deployment: its stop / logs / demo buttons, and below them its own logs and
-    the "stop a deployment someone else made?" question."""
+def version_label(version: VersionView) -> str:
+    """``v2 · 10% · canary · 120 requests · 0 errors · p99 3.10 ms · agrees 99.2%`` as HTML."""
+    parts = [f"<b>v{version.version}</b>", f"{version.weight}%", esc(version.role)]
+    if version.requests is not None:
+        parts.append(f"{version.requests} requests")
+    if version.errors is not None:
+        color = "#cf222e" if version.errors else "inherit"
+        parts.append(f"<span style='color:{color}'>{version.errors} errors</span>")
+    if version.p99_ms is not None:
+        parts.append(f"p99 {_format.ms(version.p99_ms)} ms")
+    if version.agreement is not None:
+        parts.append(f"agrees {version.agreement:.1%}")
+    return " &middot; ".join(parts)
 
-    def __init__(self, view: DeploymentView) -> None:
+
+class VersionLine(widgets.HBox):
+    """One version inside a deployment row, with promote / stop-version buttons (hidden on the
+    stable version: promoting it changes nothing, and stopping it is stopping the deployment)."""
+
+    def __init__(self, version: VersionView) -> None:
+        self.version: int = version.version
+        self.label = widgets.HTML("")
+        self.promote_button = widgets.Button(description="promote", icon="arrow-up")
+        self.stop_button = widgets.Button(description="stop version", icon="stop")
+        for button in (self.promote_button, self.stop_button):
+            button.layout = widgets.Layout(width="auto")
+        super().__init__([self.label, self.promote_button, self.stop_button])
+        self.layout = widgets.Layout(margin="0 0 0 24px")
+        self.update(version)
+
+    def update(self, version: VersionView) -> None:
+        self.label.value = version_label(version)
+        shown = "none" if version.role == "stable" else None
+        self.promote_button.layout.display = self.stop_button.layout.display = shown
+
+    @property
+    def buttons(self) -> list[widgets.Button]:
+        return [self.promote_button, self.stop_button]
+
+
+VersionAction = Callable[[str, int], None]
+
+
+class DeploymentRow(widgets.VBox):
+    """One running deployment: its stop / rollback / logs / demo buttons, a line per version
+    (weight, role, live requests and errors, promote / stop-version), the guard's reason when
+    one took a canary's traffic back, its own logs, and a confirmation question when asked."""
+
+    def __init__(
+        self,
+        view: DeploymentView,
+        *,
+        promote: VersionAction | None = None,
+        stop_version: VersionAction | None = None,
+    ) -> None:
         self.name: str = view.name
         self.owner: str = view.owner
+        self._promote = promote
+        self._stop_version = stop_version
+        self._on_confirm: Callable[[], None] | None = None
         self.label = widgets.HTML("")
         self.stop_button = widgets.Button(description="stop", icon="stop", button_style="danger")
+        self.rollback_button = widgets.Button(description="rollback", icon="undo")
         self.logs_button = widgets.Button(description="logs", icon="file-text")
         self.demo_button = widgets.Button(description="demo", icon="external-link")
         self.confirm_button = widgets.Button(description="stop", button_style="danger")
         self.cancel_button = widgets.Button(description="cancel")
         for button in (
             self.stop_button,
+            self.rollback_button,
             self.logs_button,
             self.demo_button,
             self.confirm_button,
             self.cancel_button,
         ):
             button.layout = widgets.Layout(width="auto")
+        self.version_lines: dict[int, VersionLine] = {}
+        self.versions_box = widgets.VBox([])
+        self.guard_view = widgets.HTML("")
         self.question = widgets.HTML("")
         self.confirm_box = widgets.HBox([])
         self.logs_view = widgets.HTML("")
         self.cancel_button.on_click(lambda _: self.forget_question())
+        self.confirm_button.on_click(lambda _: self.confirm())
         self.update(view)
         super().__init__(
             [
-                widgets.HBox([self.label, self.stop_button, self.logs_button, self.demo_button]),
+                widgets.HBox(
+                    [
+                        self.label,
+                        self.stop_button,
+                        self.rollback_button,
+                        self.logs_button,
+                        self.demo_button,
+                    ]
+                ),
+                self.versions_box,
+                self.guard_view,
                 self.confirm_box,
                 self.logs_view,
             ]
@@ -123,11 +199,52 @@ class DeploymentRow(widgets.VBox):
             f" &middot; {esc(view.status)} &middot; <a href='{esc(url)}' target='_blank'>"
             f"<code>{esc(url)}</code></a>"
         )
+        self.guard_view.value = (
+            f"<span style='color:#cf222e'>guard: {esc(view.guard)}</span>" if view.guard else ""
+        )
+        lines: dict[int, VersionLine] = {}
+        for version in view.versions:
+            line = self.version_lines.get(version.version)
+            if line is None:
+                line = self._new_line(version)
+            else:
+                line.update(version)
+            lines[version.version] = line
+        if list(lines) != list(self.version_lines) or not self.versions_box.children:
+            self.versions_box.children = list(lines.values())
+        self.version_lines = lines
 
-    def ask(self, question: str) -> None:
-        """Show ``question`` with [stop] [cancel] under the row."""
+    def _new_line(self, version: VersionView) -> VersionLine:
+        line = VersionLine(version)
+        number = version.version
+        if self._promote is not None:
+            promote = self._promote
+            line.promote_button.on_click(lambda _: promote(self.name, number))
+        if self._stop_version is not None:
+            stop_version = self._stop_version
+            line.stop_button.on_click(lambda _: stop_version(self.name, number))
+        return line
+
+    @property
+    def action_buttons(self) -> list[widgets.Button]:
+        """The buttons that start work (disabled while the panel is busy)."""
+        buttons = [self.stop_button, self.rollback_button, self.confirm_button, self.demo_button]
+        for line in list(self.version_lines.values()):
+            buttons += line.buttons
+        return buttons
+
+    def ask(self, question: str, then: Callable[[], None], *, answer: str = "stop") -> None:
+        """Show ``question`` with [answer] [cancel] under the row; [answer] runs ``then``."""
+        self._on_confirm = then
         self.question.value = esc(question)
+        self.confirm_button.description = answer
         self.confirm_box.children = [self.question, self.confirm_button, self.cancel_button]
+
+    def confirm(self) -> None:
+        then, self._on_confirm = self._on_confirm, None
+        self.forget_question()
+        if then is not None:
+            then()
 
     @property
     def asking(self) -> bool:
@@ -253,7 +370,7 @@ class DeployPanel(widgets.VBox):
             self.deploy_button,
         ]
         for row in list(self.deployment_rows.values()):
-            buttons += [row.stop_button, row.confirm_button, row.demo_button]
+            buttons += row.action_buttons
         return buttons
 
     @property
@@ -296,7 +413,8 @@ class DeployPanel(widgets.VBox):
                     row = self._new_row(view)
                 else:
                     row.update(view)
-                row.stop_button.disabled = row.demo_button.disabled = self._busy
+                for button in row.action_buttons:
+                    button.disabled = self._busy
                 rows[view.name] = row
             changed = list(rows) != list(self.deployment_rows)
             self.deployment_rows = rows
@@ -306,10 +424,10 @@ class DeployPanel(widgets.VBox):
                 ]
 
     def _new_row(self, view: DeploymentView) -> DeploymentRow:
-        row = DeploymentRow(view)
+        row = DeploymentRow(view, promote=self.promote, stop_version=self.stop_version)
         name = view.name
         row.stop_button.on_click(lambda _: self.stop(name))
-        row.confirm_button.on_click(lambda _: self.stop(name, confirmed=True))
+        row.rollback_button.on_click(lambda _: self.rollback(name))
         row.logs_button.on_click(lambda _: self.show_logs(name))
         row.demo_button.on_click(lambda _: self.open_demo(name))
         return row
@@ -364,7 +482,7 @@ class DeployPanel(widgets.VBox):
         if row is not None:
             owner = row.owner
             if not confirmed and made_elsewhere(owner):
-                row.ask(f"stop {name}, made by {owner}?")
+                row.ask(f"stop {name}, made by {owner}?", lambda: self.stop(name, confirmed=True))
                 return
             row.forget_question()
 
@@ -373,6 +491,43 @@ class DeployPanel(widgets.VBox):
             self._log(f"stopped {name} (version {', '.join(map(str, versions))})")
 
         self._start(f"stop {name}", task, then=self.refresh)
+
+    def stop_version(self, name: str, version: int, *, confirmed: bool = False) -> None:
+        """Stop one version of ``name`` (its traffic goes to the stable one), after asking."""
+        row = self.deployment_rows.get(name)
+        if row is not None:
+            if not confirmed:
+                row.ask(
+                    f"stop version {version} of {name}? its traffic goes to the stable version",
+                    lambda: self.stop_version(name, version, confirmed=True),
+                    answer="stop version",
+                )
+                return
+            row.forget_question()
+
+        def task() -> None:
+            endpoint = api.stop_version(name, version)
+            self._log(f"stopped version {version} of {name}; {_split(endpoint.versions)}")
+
+        self._start(f"stop {name} v{version}", task, then=self.refresh)
+
+    def promote(self, name: str, version: int | None = None) -> None:
+        """Give ``version`` (default: the newest canary or shadow) all of ``name``'s traffic."""
+
+        def task() -> None:
+            endpoint = api.promote(name, version, progress=self._progress)
+            self._log(f"promoted {name} v{endpoint.version}; {_split(endpoint.versions)}")
+
+        self._start(f"promote {name}", task, then=self.refresh)
+
+    def rollback(self, name: str) -> None:
+        """Drop ``name``'s canary or shadow, or serve its previous version when it has none."""
+
+        def task() -> None:
+            endpoint = api.rollback(name, progress=self._progress)
+            self._log(f"rolled back {name} to v{endpoint.version}; {_split(endpoint.versions)}")
+
+        self._start(f"rollback {name}", task, then=self.refresh)
 
     def show_logs(self, name: str) -> None:
         """Open the last 100 log lines under the deployment's row; a second click closes them."""

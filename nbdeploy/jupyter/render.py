@@ -24,7 +24,7 @@ from nbdeploy import _format
 from nbdeploy._types import Signature
 from nbdeploy.artifact import ModelArtifact
 from nbdeploy.bench import BenchmarkReport
-from nbdeploy.vocabulary import DeploymentView, ProgressEvent
+from nbdeploy.vocabulary import DeploymentView, ProgressEvent, VersionView
 
 MAX_INLINE_ELEMENTS = 4096
 CARD_STYLE = (
@@ -310,6 +310,83 @@ def python_snippet(
     )
 
 
+def traffic_text(versions: Sequence[VersionView]) -> str | None:
+    """``v1 90% · v2 10% (canary)``: the versions that serve or shadow, or None while only one
+    does (a single version's 100% says nothing the headline does not)."""
+    serving = [v for v in versions if v.role != "idle"]
+    if len(serving) < 2:
+        return None
+    return " · ".join(
+        f"v{v.version} {v.weight}%" + (f" ({v.role})" if v.role in ("canary", "shadow") else "")
+        for v in serving
+    )
+
+
+def _count(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+VERSION_HEADERS = ("version", "weight", "role", "requests", "errors", "p50 ms", "p99 ms", "agree")
+
+
+def version_cells(version: VersionView) -> list[str]:
+    """One version's row: share of traffic, role and the server's live window figures."""
+    return [
+        f"v{version.version}",
+        f"{version.weight}%",
+        version.role,
+        _count(version.requests),
+        _count(version.errors),
+        _format.ms(version.p50_ms),
+        _format.ms(version.p99_ms),
+        f"{version.agreement:.1%}" if version.agreement is not None else "",
+    ]
+
+
+@dataclass
+class VersionsView:
+    """What ``%traffic``, ``%promote`` and ``%rollback`` show: a name's versions side by side."""
+
+    name: str
+    version: int
+    versions: list[VersionView]
+    guard: str | None = None
+    action: str = ""
+    """What just happened (``promoted v2``), empty when only showing."""
+
+    @classmethod
+    def of(cls, view: DeploymentView, action: str = "") -> VersionsView:
+        return cls(view.name, view.version, list(view.versions), view.guard, action)
+
+    @property
+    def traffic(self) -> dict[int, int]:
+        return {v.version: v.weight for v in self.versions}
+
+    @property
+    def headline(self) -> str:
+        split = " · ".join(f"v{v.version} {v.weight}%" for v in self.versions if v.weight)
+        done = f"{self.action}: " if self.action else ""
+        return f"{done}{self.name} (stable v{self.version}) traffic: {split or 'none'}"
+
+    def _repr_html_(self) -> str:
+        parts = [f"<div style='{CARD_STYLE}'><div>{esc(self.headline)}</div>"]
+        if self.guard:
+            parts.append(f"<div style='color:#cf222e'>guard: {esc(self.guard)}</div>")
+        parts.append(html_table(VERSION_HEADERS, [version_cells(v) for v in self.versions]))
+        return "".join(parts) + "</div>"
+
+    def __repr__(self) -> str:
+        lines = [self.headline]
+        if self.guard:
+            lines.append(f"guard: {self.guard}")
+        if self.versions:
+            lines += [
+                "",
+                _format.text_table(VERSION_HEADERS, [version_cells(v) for v in self.versions]),
+            ]
+        return "\n".join(lines)
+
+
 @dataclass
 class DeploySummary:
     """What ``%deploy`` ends with: where the endpoint is, what it serves, how fast, how to call it."""
@@ -327,6 +404,8 @@ class DeploySummary:
     demo_url: str | None = None
     notes: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
+    traffic: str | None = None
+    """The split when more than one version serves (``v1 90% · v2 10% (canary)``)."""
 
     @classmethod
     def from_endpoint(
@@ -339,12 +418,14 @@ class DeploySummary:
         demo_url: str | None = None,
         notes: Sequence[str] = (),
         steps: Sequence[str] = (),
+        versions: Sequence[VersionView] = (),
     ) -> DeploySummary:
         """``report`` is shown in full; ``variants_report`` (default: ``report``) fills the
-        latency columns of the variants table."""
+        latency columns of the variants table. ``served`` is the version just deployed, which
+        is not the endpoint's stable version while it runs as a canary or shadow."""
         return cls(
             name=endpoint.name,
-            version=endpoint.version,
+            version=int(served.version or endpoint.version),
             runtime=endpoint.runtime,
             url=endpoint.url,
             status=endpoint.status,
@@ -360,6 +441,7 @@ class DeploySummary:
             demo_url=demo_url,
             notes=list(notes),
             steps=list(steps),
+            traffic=traffic_text(versions),
         )
 
     @property
@@ -386,6 +468,8 @@ class DeploySummary:
             f"<div>endpoint: <a href='{esc(self.url)}/v2/models/{esc(self.name)}' "
             f"target='_blank'><code>{esc(self.infer_url)}</code></a></div>",
         ]
+        if self.traffic:
+            parts.append(f"<div>traffic: {esc(self.traffic)}</div>")
         if self.demo_url:
             parts.append(
                 f"<div>demo: <a href='{esc(self.demo_url)}' target='_blank'>"
@@ -413,6 +497,8 @@ class DeploySummary:
 
     def __repr__(self) -> str:
         lines = [self.headline, f"endpoint: {self.infer_url}"]
+        if self.traffic:
+            lines.append(f"traffic:  {self.traffic}")
         if self.demo_url:
             lines.append(f"demo:     {self.demo_url}")
         lines.extend(f"note:     {note}" for note in self.notes)
@@ -423,12 +509,20 @@ class DeploySummary:
         return "\n".join(lines)
 
 
-DEPLOYMENT_HEADERS = ("name", "version", "runtime", "format", "status", "url", "created")
+DEPLOYMENT_HEADERS = ("name", "version", "runtime", "format", "status", "traffic", "url", "created")
+
+
+def split_text(view: DeploymentView) -> str:
+    """Every version's share for a table cell: the one-line split, or ``v1 100%``."""
+    return traffic_text(view.versions) or " · ".join(
+        f"v{v.version} {v.weight}%" for v in view.versions if v.weight
+    )
 
 
 @dataclass
 class DeploymentTable:
-    """What ``%deployments`` returns: the rows as data, shown as a table."""
+    """What ``%deployments`` returns: the rows as data, shown as a table (with a guard column
+    when a guard sent some name's traffic back to its stable version)."""
 
     rows: list[DeploymentView]
 
@@ -439,7 +533,13 @@ class DeploymentTable:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def headers(self) -> tuple[str, ...]:
+        guarded = any(row.guard for row in self.rows)
+        return (*DEPLOYMENT_HEADERS, "guard") if guarded else DEPLOYMENT_HEADERS
+
     def _cells(self) -> list[list[str]]:
+        guarded = len(self.headers) > len(DEPLOYMENT_HEADERS)
         return [
             [
                 row.name,
@@ -447,21 +547,23 @@ class DeploymentTable:
                 row.runtime,
                 row.format,
                 row.status,
+                split_text(row),
                 row.infer_url.removesuffix("/infer"),
                 row.created_at[:19],
             ]
+            + ([row.guard or ""] if guarded else [])
             for row in self.rows
         ]
 
     def _repr_html_(self) -> str:
         if not self.rows:
             return "<i>no deployments are running</i>"
-        return html_table(DEPLOYMENT_HEADERS, self._cells())
+        return html_table(self.headers, self._cells())
 
     def __repr__(self) -> str:
         if not self.rows:
             return "no deployments are running"
-        return _format.text_table(DEPLOYMENT_HEADERS, self._cells())
+        return _format.text_table(self.headers, self._cells())
 
 
 def progress_html(

@@ -13,7 +13,7 @@ from jupyter_server.utils import url_path_join
 
 API_PREFIX = "nbdeploy/api"
 NAME = r"(?P<name>[^/]+)"
-VOILA_EXTENSION = "voila.server_extension"
+VERSION = r"(?P<version>[^/]+)"
 VOILA_EXTENSION = "voila.server_extension"
 UPSTREAM_TIMEOUT = httpx.Timeout(300.0, connect=10.0, pool=30.0)
 
@@ -36,6 +36,10 @@ def routes(base_url: str) -> list[tuple[str, type]]:
         (api(f"deployments/{NAME}"), handlers.DeploymentHandler),
         (api(f"deployments/{NAME}/stop"), handlers.StopHandler),
         (api(f"deployments/{NAME}/rollback"), handlers.RollbackHandler),
+        (api(f"deployments/{NAME}/promote"), handlers.PromoteHandler),
+        (api(f"deployments/{NAME}/traffic"), handlers.TrafficHandler),
+        (api(f"deployments/{NAME}/compare"), handlers.CompareHandler),
+        (api(f"deployments/{NAME}/versions/{VERSION}"), handlers.VersionHandler),
         (api(f"deployments/{NAME}/logs"), handlers.LogsHandler),
         (api(f"deployments/{NAME}/metrics"), handlers.MetricsHandler),
         (api(f"deployments/{NAME}/demo"), handlers.DemoHandler),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.client import responses
 from typing import Any
 
@@ -137,20 +137,120 @@ class StopHandler(NbdeployAPIHandler):
         self.reply({"name": name, "stopped_versions": stopped})
 
 
-class RollbackHandler(NbdeployAPIHandler):
-    @tornado.web.authenticated
-    async def post(self, name: str) -> None:
-        """Serve an earlier version: body ``{"version": N}``, or the previous one by default."""
-        version = self.json_body().get("version")
-        if version is not None and (
-            isinstance(version, bool) or not isinstance(version, int) or version < 1
-        ):
-            raise http_error(400, f"version must be a positive integer; got {version!r}")
+def positive_int(value: Any, what: str) -> int:
+    """``value`` when it is a positive JSON integer (not a bool), else a 400."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise http_error(400, f"{what} must be a positive integer; got {value!r}")
+    return value
+
+
+def version_in_path(text: str) -> int:
+    """The ``{version}`` of a route, which must be a positive integer."""
+    if not text.isdigit() or int(text) < 1:
+        raise http_error(400, f"version must be a positive integer; got {text!r}")
+    return int(text)
+
+
+def traffic_weights(body: dict[str, Any]) -> dict[int, int]:
+    """``{"weights": {"1": 90, "2": 10}}`` as ``{1: 90, 2: 10}``; the sum and the versions are
+    the core's to check (its InputError is a 400 too)."""
+    weights = body.get("weights")
+    if not isinstance(weights, dict) or not weights:
+        raise http_error(400, f'expected {{"weights": {{"1": 90, "2": 10}}}} as body; got {body!r}')
+    parsed: dict[int, int] = {}
+    for key, percent in weights.items():
+        version = version_in_path(str(key))
+        if isinstance(percent, bool) or not isinstance(percent, int):
+            raise http_error(
+                400, f"the weight of version {key} must be an integer percent; got {percent!r}"
+            )
+        parsed[version] = percent
+    return parsed
+
+
+class VersionActionHandler(NbdeployAPIHandler):
+    """Base of the routes that change which versions serve and answer the deployment's row."""
+
+    async def act(self, name: str, call: Callable[..., Any], *args: Any) -> None:
+        """``call(name, *args)``; a version never registered is a 404, any other refusal of
+        the core (no candidate, the stable version, a version that fails to load) a 409."""
         await find_endpoint(name)
+        await self.check_versions(name, [arg for arg in args if isinstance(arg, int)])
         endpoint = await run_blocking(
-            api.rollback, name, version, errors=((RepositoryError, 404), (DeployError, 409))
+            call, name, *args, errors=((RepositoryError, 404), (NbdeployError, 409))
         )
         self.reply(await run_blocking(views.deployment_row, endpoint, voila_root=self.voila_root))
+
+    async def check_versions(self, name: str, versions: Iterable[int]) -> None:
+        """404 for versions ``name`` never registered (the core calls them bad input)."""
+        rows = await run_blocking(api.models, name)
+        registered = sorted({int(row["version"]) for row in rows})
+        unknown = [version for version in versions if version not in registered]
+        if unknown:
+            raise http_error(
+                404,
+                f"{name} has no version {', '.join(map(str, unknown))}; its registered versions"
+                f" are {registered}",
+            )
+
+    def version_from_body(self) -> int | None:
+        version = self.json_body().get("version")
+        return None if version is None else positive_int(version, "version")
+
+
+class RollbackHandler(VersionActionHandler):
+    @tornado.web.authenticated
+    async def post(self, name: str) -> None:
+        """Drop the canary or shadow (the stable version takes all traffic), or serve an earlier
+        version: body ``{"version": N}``, or the previous one by default."""
+        await self.act(name, api.rollback, self.version_from_body())
+
+
+class PromoteHandler(VersionActionHandler):
+    @tornado.web.authenticated
+    async def post(self, name: str) -> None:
+        """Give a candidate all the traffic and make it stable: body ``{"version": N}``, or the
+        newest canary or shadow by default."""
+        await self.act(name, api.promote, self.version_from_body())
+
+
+class TrafficHandler(VersionActionHandler):
+    @tornado.web.authenticated
+    async def get(self, name: str) -> None:
+        """The live split: ``{"name", "weights": {"1": 90, "2": 10}}``."""
+        await find_endpoint(name)
+        weights = await run_blocking(api.traffic, name, errors=((DeployError, 502),))
+        self.reply({"name": name, "weights": {str(k): v for k, v in weights.items()}})
+
+    @tornado.web.authenticated
+    async def put(self, name: str) -> None:
+        """Set the split: body ``{"weights": {"1": 50, "2": 50}}`` (percents summing to 100)."""
+        weights = traffic_weights(self.json_body())
+        await find_endpoint(name)
+        await self.check_versions(name, weights)
+        endpoint = await run_blocking(
+            api.set_traffic,
+            name,
+            weights,
+            errors=((InputError, 400), (RepositoryError, 404), (NbdeployError, 409)),
+        )
+        self.reply(await run_blocking(views.deployment_row, endpoint, voila_root=self.voila_root))
+
+
+class VersionHandler(VersionActionHandler):
+    @tornado.web.authenticated
+    async def delete(self, name: str, version: str) -> None:
+        """Stop one version that is not the stable one; its traffic goes to the stable."""
+        await self.act(name, api.stop_version, version_in_path(version))
+
+
+class CompareHandler(NbdeployAPIHandler):
+    @tornado.web.authenticated
+    async def get(self, name: str) -> None:
+        """The versions side by side on the traffic they served (``CompareReport.to_dict()``)."""
+        await find_endpoint(name)
+        report = await run_blocking(api.compare, name, errors=((DeployError, 502),))
+        self.reply(report.to_dict())
 
 
 class LogsHandler(NbdeployAPIHandler):
@@ -208,4 +308,4 @@ class NotFoundHandler(NbdeployAPIHandler):
     async def get(self, path: str) -> None:
         raise http_error(404, f"no such nbdeploy API route: {self.request.path}")
 
-    post = get
+    post = put = delete = get
