@@ -2,6 +2,22 @@ import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
 /**
+ * One version inside a name's server: field for field the Python `VersionView`
+ * (nbdeploy/vocabulary.py). The live numbers come from the server's window and are null
+ * when the server did not answer; `agreement` is null when nothing was compared.
+ */
+export interface IVersionView {
+  version: number;
+  weight: number;
+  role: 'stable' | 'canary' | 'shadow' | 'idle';
+  requests: number | null;
+  errors: number | null;
+  p50_ms: number | null;
+  p99_ms: number | null;
+  agreement: number | null;
+}
+
+/**
  * One row of `GET nbdeploy/api/deployments`: field for field the Python `DeploymentView`
  * (nbdeploy/vocabulary.py); tests/jupyter/test_labextension_record.py keeps the two equal.
  */
@@ -22,6 +38,8 @@ export interface IDeployment {
   p99_ms: number | null;
   latency_source: 'endpoint' | 'in-process' | null;
   demo_url: string | null;
+  versions: IVersionView[];
+  guard: string | null;
 }
 
 /**
@@ -83,6 +101,96 @@ export async function stopDeployment(name: string): Promise<void> {
 
 export async function fetchLogs(name: string, tail = 200): Promise<ILogs> {
   return requestAPI<ILogs>(`${deploymentPath(name, 'logs')}?tail=${tail}`);
+}
+
+function versionBody(version?: number): string {
+  return JSON.stringify(version === undefined ? {} : { version });
+}
+
+/**
+ * Give a candidate (the newest canary or shadow, or `version`) all traffic and make it stable.
+ */
+export async function promote(name: string, version?: number): Promise<void> {
+  await requestAPI(deploymentPath(name, 'promote'), {
+    method: 'POST',
+    body: versionBody(version)
+  });
+}
+
+/**
+ * Send all traffic back to the stable version and unload the candidate; without a candidate,
+ * serve the previous registered version (or `version`) instead.
+ */
+export async function rollback(name: string, version?: number): Promise<void> {
+  await requestAPI(deploymentPath(name, 'rollback'), {
+    method: 'POST',
+    body: versionBody(version)
+  });
+}
+
+/**
+ * Split unversioned traffic: integer percents per version, summing to 100.
+ */
+export async function setTraffic(
+  name: string,
+  weights: Record<number, number>
+): Promise<void> {
+  const body: Record<string, number> = {};
+  for (const [version, weight] of Object.entries(weights)) {
+    body[String(version)] = weight;
+  }
+  await requestAPI(deploymentPath(name, 'traffic'), {
+    method: 'PUT',
+    body: JSON.stringify({ weights: body })
+  });
+}
+
+/**
+ * Unload one version that is not the stable one; its traffic goes to the stable version.
+ */
+export async function stopVersion(
+  name: string,
+  version: number
+): Promise<void> {
+  await requestAPI(deploymentPath(name, 'versions', String(version)), {
+    method: 'DELETE'
+  });
+}
+
+/**
+ * One version in a `CompareReport` (nbdeploy/compare.py, `VersionComparison`).
+ */
+export interface IVersionComparison {
+  version: number;
+  role: string;
+  weight: number;
+  requests: number;
+  errors: number;
+  p50_ms: number | null;
+  p99_ms: number | null;
+  agreement: number | null;
+  max_abs_diff: number | null;
+  compared: number;
+  metric: string | null;
+  score: number | null;
+  mirrored: number;
+}
+
+/**
+ * The answer of `GET nbdeploy/api/deployments/<name>/compare`: the live comparison of a
+ * name's versions against its stable (`reference`) version.
+ */
+export interface ICompareReport {
+  name: string;
+  source: 'live' | 'offline';
+  reference: number;
+  kind: string;
+  versions: IVersionComparison[];
+  generated_at: string;
+}
+
+export async function compare(name: string): Promise<ICompareReport> {
+  return requestAPI<ICompareReport>(deploymentPath(name, 'compare'));
 }
 
 /**

@@ -1,7 +1,14 @@
 import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
-import { IDeployment, listDeployments } from './api';
+import {
+  IDeployment,
+  listDeployments,
+  promote,
+  rollback,
+  setTraffic,
+  stopVersion
+} from './api';
 
 /**
  * The default and smallest reload interval, in seconds (as in schema/plugin.json).
@@ -27,8 +34,8 @@ export class DeploymentsModel {
   }
 
   /**
-   * Emitted when the list, the error or `loaded` changes (not on every identical reload, so
-   * views do not rebuild rows a user is about to click).
+   * Emitted when the list, the error, `loaded` or a deployment's busy state changes (not on
+   * every identical reload, so views do not rebuild rows a user is about to click).
    */
   get changed(): ISignal<this, void> {
     return this._changed;
@@ -102,12 +109,67 @@ export class DeploymentsModel {
     await this._poll.tick.catch(() => undefined);
   }
 
+  /**
+   * Whether an action (promote, rollback, traffic, stop version) on `name` is under way.
+   */
+  isBusy(name: string): boolean {
+    return this._busy.has(name);
+  }
+
+  /**
+   * Give a candidate of `name` (the newest canary or shadow, or `version`) all traffic.
+   */
+  promote(name: string, version?: number): Promise<void> {
+    return this._act(name, () => promote(name, version));
+  }
+
+  /**
+   * Send all traffic of `name` back to its stable version (unloading the candidate), or serve
+   * an earlier version when there is no candidate.
+   */
+  rollback(name: string, version?: number): Promise<void> {
+    return this._act(name, () => rollback(name, version));
+  }
+
+  /**
+   * Split the unversioned traffic of `name`: integer percents per version, summing to 100.
+   */
+  setTraffic(name: string, weights: Record<number, number>): Promise<void> {
+    return this._act(name, () => setTraffic(name, weights));
+  }
+
+  /**
+   * Unload one version of `name` that is not its stable version.
+   */
+  stopVersion(name: string, version: number): Promise<void> {
+    return this._act(name, () => stopVersion(name, version));
+  }
+
   dispose(): void {
     if (this.isDisposed) {
       return;
     }
     this._poll.dispose();
     Signal.clearData(this);
+  }
+
+  /**
+   * Run one action on `name`: `changed` is emitted when it starts and once the list after it
+   * is loaded, so a view can disable that deployment's buttons meanwhile. The action's error
+   * is rethrown after the reload.
+   */
+  private async _act(name: string, call: () => Promise<void>): Promise<void> {
+    this._busy.add(name);
+    this._changed.emit();
+    try {
+      await call();
+    } finally {
+      await this.refresh();
+      this._busy.delete(name);
+      if (!this.isDisposed) {
+        this._changed.emit();
+      }
+    }
   }
 
   /**
@@ -139,6 +201,7 @@ export class DeploymentsModel {
     this._changed.emit();
   }
 
+  private readonly _busy = new Set<string>();
   private readonly _changed = new Signal<this, void>(this);
   private _deployments: IDeployment[] = [];
   private _error: string | null = null;

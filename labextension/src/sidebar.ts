@@ -7,7 +7,13 @@ import {
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import { IDeployment, jupyterURL, startDemo, stopDeployment } from './api';
+import {
+  IDeployment,
+  IVersionView,
+  jupyterURL,
+  startDemo,
+  stopDeployment
+} from './api';
 import { DeploymentsModel } from './model';
 
 const STATUS_CLASSES: Record<string, string> = {
@@ -109,6 +115,98 @@ function latency(row: IDeployment): { text: string; title: string } {
     text: 'no latency measured',
     title: 'run nbd.benchmark(ep) to measure it'
   };
+}
+
+/**
+ * A share of compared rows as a percentage: whole percents, with one decimal between 99 and
+ * 100 so that 99.6 % agreement does not read as 100 %.
+ */
+function percent(share: number): string {
+  const tenths = Math.floor(share * 1000 + 1e-6);
+  if (tenths > 990 && tenths < 1000) {
+    return `${(tenths / 10).toFixed(1)}%`;
+  }
+  return `${Math.round(share * 100)}%`;
+}
+
+const ROLE_REASONS: Record<string, string> = {
+  stable: 'stable: takes the traffic back when a candidate is rolled back',
+  canary: 'canary: answers its share of the unversioned requests',
+  shadow:
+    'shadow: gets a mirrored copy of every request; its answers are compared, not returned',
+  idle: 'idle: loaded, takes no traffic'
+};
+
+/**
+ * One version's line: "v2 · canary · 10% · 57 req · 0 err · agree 98%" (live numbers only
+ * when the server gave them).
+ */
+export function versionSummary(version: IVersionView): string {
+  const parts = [`v${version.version}`, version.role, `${version.weight}%`];
+  if (version.requests !== null) {
+    parts.push(`${version.requests} req`);
+  }
+  if (version.errors !== null) {
+    parts.push(`${version.errors} err`);
+  }
+  if (version.agreement !== null) {
+    parts.push(`agree ${percent(version.agreement)}`);
+  }
+  return parts.join(' · ');
+}
+
+/**
+ * The version line's tooltip: what its role means and its live latency.
+ */
+function versionDetails(version: IVersionView, stable: number): string {
+  const lines = [ROLE_REASONS[version.role] ?? version.role];
+  if (version.requests === null) {
+    lines.push('no live numbers: the server did not answer');
+  } else if (version.p50_ms !== null) {
+    const p99 = version.p99_ms !== null ? `, p99 ${ms(version.p99_ms)} ms` : '';
+    lines.push(`p50 ${ms(version.p50_ms)} ms${p99} over the server's window`);
+  }
+  if (version.agreement !== null) {
+    lines.push(
+      `answers like v${stable} on ${percent(version.agreement)} of the compared rows`
+    );
+  }
+  return lines.join('\n');
+}
+
+/**
+ * The weight as a small bar, exposed as a meter from 0 to 100 %.
+ */
+function weightBar(version: IVersionView, name: string): HTMLElement {
+  const bar = element('div', 'nbdeploy-weight');
+  bar.setAttribute('role', 'meter');
+  bar.setAttribute('aria-label', `Traffic to v${version.version} of ${name}`);
+  bar.setAttribute('aria-valuemin', '0');
+  bar.setAttribute('aria-valuemax', '100');
+  bar.setAttribute('aria-valuenow', String(version.weight));
+  bar.setAttribute('aria-valuetext', `${version.weight}%`);
+  bar.title = `${version.weight}% of the unversioned requests`;
+  const fill = element('div', 'nbdeploy-weight-fill');
+  fill.style.width = `${Math.max(0, Math.min(100, version.weight))}%`;
+  bar.appendChild(fill);
+  return bar;
+}
+
+/**
+ * The version the server falls back to: the one whose role is stable, else the row's.
+ */
+function stableVersion(row: IDeployment): number {
+  return (
+    (row.versions ?? []).find(v => v.role === 'stable')?.version ?? row.version
+  );
+}
+
+/**
+ * The loaded versions that are not the stable one (canaries, shadows, idle after a guard).
+ */
+function candidates(row: IDeployment): IVersionView[] {
+  const stable = stableVersion(row);
+  return (row.versions ?? []).filter(v => v.version !== stable);
 }
 
 function copyButton(text: string, action: string): HTMLButtonElement {
@@ -257,14 +355,112 @@ export class DeploymentsPanel extends Widget {
     demo.title = running
       ? 'Open the demo page in a new tab (starts its server when none runs)'
       : `${row.name} is not running: ${statusReason(row)}`;
+    actions.append(demo);
+    const back = this._rollbackButton(row);
+    if (back) {
+      actions.append(back);
+    }
     actions.append(
-      demo,
       button('Stop', 'stop', () => void this._stop(row.name, row.owner)),
       button('Logs', 'logs', () => this._actions.openLogs(row.name))
     );
 
-    item.append(heading, address, direct, actions);
+    item.append(heading, address, direct);
+    if (row.guard) {
+      const guard = element(
+        'div',
+        'nbdeploy-guard',
+        `Guard tripped: ${row.guard}`
+      );
+      guard.title =
+        `A guard sent all traffic of ${row.name} back to v${stableVersion(row)}; ` +
+        'this stays shown until the next deploy or promote';
+      item.append(guard);
+    }
+    if ((row.versions ?? []).length > 0) {
+      item.append(this._versions(row));
+    }
+    item.append(actions);
+    if (this.model.isBusy(row.name)) {
+      item.setAttribute('aria-busy', 'true');
+    }
     return item;
+  }
+
+  /**
+   * The name's versions, stable first: role, weight (with a bar), live counts, and the
+   * Promote / Stop version buttons of the versions that are not stable.
+   */
+  private _versions(row: IDeployment): HTMLElement {
+    const stable = stableVersion(row);
+    const busy = this.model.isBusy(row.name);
+    const list = element('ul', 'nbdeploy-versions');
+    list.setAttribute('aria-label', `Versions of ${row.name}`);
+    for (const version of row.versions) {
+      const line = element('li', 'nbdeploy-version');
+      line.dataset.version = String(version.version);
+      line.dataset.role = version.role;
+      const summary = element(
+        'span',
+        'nbdeploy-version-summary',
+        versionSummary(version)
+      );
+      summary.title = versionDetails(version, stable);
+      line.append(summary, weightBar(version, row.name));
+      if (version.version !== stable) {
+        const tools = element('span', 'nbdeploy-version-actions');
+        if (version.role === 'canary' || version.role === 'shadow') {
+          const up = button(
+            'Promote',
+            'promote',
+            () => void this._promote(row.name, version.version)
+          );
+          up.setAttribute(
+            'aria-label',
+            `Promote v${version.version} of ${row.name}`
+          );
+          up.title = `Give v${version.version} all of ${row.name}'s traffic and make it the stable version`;
+          up.disabled = busy;
+          tools.append(up);
+        }
+        const stop = button(
+          'Stop version',
+          'stop-version',
+          () => void this._stopVersion(row.name, version.version, stable)
+        );
+        stop.setAttribute(
+          'aria-label',
+          `Stop v${version.version} of ${row.name}`
+        );
+        stop.title = `Unload v${version.version}; its traffic goes to v${stable}`;
+        stop.disabled = busy;
+        tools.append(stop);
+        line.append(tools);
+      }
+      list.append(line);
+    }
+    return list;
+  }
+
+  /**
+   * Rollback, when there is something to roll back to: a candidate beside the stable version
+   * (its traffic goes back to the stable one), or an earlier version than the one served.
+   */
+  private _rollbackButton(row: IDeployment): HTMLButtonElement | null {
+    const others = candidates(row);
+    if (others.length === 0 && row.version <= 1) {
+      return null;
+    }
+    const back = button('Rollback', 'rollback', () => void this._rollback(row));
+    back.setAttribute('aria-label', `Roll back ${row.name}`);
+    back.title =
+      others.length > 0
+        ? `Send all traffic back to v${stableVersion(row)} and unload ${others
+            .map(v => `v${v.version}`)
+            .join(', ')}`
+        : `Serve the version before v${row.version} instead`;
+    back.disabled = this.model.isBusy(row.name);
+    return back;
   }
 
   /**
@@ -315,6 +511,70 @@ export class DeploymentsPanel extends Widget {
       await showErrorMessage(`Could not stop ${name}`, error as Error);
     }
     await this.refresh();
+  }
+
+  private async _promote(name: string, version: number): Promise<void> {
+    try {
+      await this.model.promote(name, version);
+    } catch (error) {
+      await showErrorMessage(
+        `Could not promote v${version} of ${name}`,
+        error as Error
+      );
+    }
+  }
+
+  private async _rollback(row: IDeployment): Promise<void> {
+    const others = candidates(row);
+    const stable = stableVersion(row);
+    const unloaded = others.map(v => `v${v.version}`).join(', ');
+    const body =
+      others.length > 0
+        ? `All traffic of ${row.name} goes back to v${stable}; ${unloaded} ${
+            others.length > 1
+              ? 'are unloaded and stay'
+              : 'is unloaded and stays'
+          } registered.`
+        : `${row.name} serves its previous registered version instead of v${row.version}, at the same URL.`;
+    const answer = await showDialog({
+      title: `Roll back ${row.name}?`,
+      body,
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Rollback' })]
+    });
+    if (!answer.button.accept) {
+      return;
+    }
+    try {
+      await this.model.rollback(row.name);
+    } catch (error) {
+      await showErrorMessage(`Could not roll back ${row.name}`, error as Error);
+    }
+  }
+
+  private async _stopVersion(
+    name: string,
+    version: number,
+    stable: number
+  ): Promise<void> {
+    const answer = await showDialog({
+      title: `Stop v${version} of ${name}?`,
+      body: `v${version} is unloaded and its share of traffic goes to v${stable}; it stays registered.`,
+      buttons: [
+        Dialog.cancelButton(),
+        Dialog.warnButton({ label: 'Stop version' })
+      ]
+    });
+    if (!answer.button.accept) {
+      return;
+    }
+    try {
+      await this.model.stopVersion(name, version);
+    } catch (error) {
+      await showErrorMessage(
+        `Could not stop v${version} of ${name}`,
+        error as Error
+      );
+    }
   }
 
   private readonly _error: HTMLDivElement;
