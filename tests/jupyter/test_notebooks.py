@@ -116,3 +116,13 @@ def test_text_and_python_models(run_notebook):
     assert "text BYTES -> ['negative', 'positive']" in text
     assert "endpoint says: ['positive', 'negative']" in text
     assert "python ['positive', 'negative']" in text
+
+
+def test_canary_and_compare(run_notebook):
+    notebook = run_notebook("canary_and_compare.ipynb")
+    text = text_of(notebook)
+    assert "{1: 90, 2: 10}" in text
+    assert "v2 agrees with v1 on" in text
+    assert "-> traffic {1: 100}" in text or "-> traffic {2: 100}" in text
+    assert "{'1'} {1: 100}" in text  # the shadow never answered a client
+    assert "True" in text  # the URL never changed
