@@ -3,6 +3,11 @@
 It wraps the whole Starlette app (error handling included), so even a 500 produced by
 Starlette's last-resort handler is logged and counted. Routes are labelled by their template
 (``/v2/models/{model}/infer``), never the raw path, to keep metric cardinality bounded.
+
+The logged path is the client's text, so it is escaped: a control character (``%0A`` decodes to
+a newline) could otherwise forge a log line. Health checks come every few seconds from the
+runtime and would bury everything else: they are counted but not logged unless asked for.
+Queries are never logged (the identity challenge's nonce, tokens some clients put there).
 """
 
 from __future__ import annotations
@@ -19,14 +24,17 @@ from .metrics import Metrics
 log = logging.getLogger("nbdeploy.serve.access")
 
 Scope = dict[str, Any]
+HEALTH_PREFIX = "/v2/health/"
+MAX_LOGGED_PATH = 512
 
 
 class AccessLog:
     """ASGI middleware logging ``client "METHOD path HTTP/x" status ms`` and recording metrics."""
 
-    def __init__(self, app: Starlette, metrics: Metrics) -> None:
+    def __init__(self, app: Starlette, metrics: Metrics, *, log_health: bool = False) -> None:
         self.app = app
         self.metrics = metrics
+        self.log_health = log_health
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -47,17 +55,17 @@ class AccessLog:
             elapsed = time.perf_counter() - started
             method = scope["method"]
             self.metrics.observe_request(method, self._route(scope), status, elapsed)
-            client = scope.get("client")
-            peer = f"{client[0]}:{client[1]}" if client else "-"
-            log.info(
-                '%s "%s %s HTTP/%s" %d %.1fms',
-                peer,
-                method,
-                scope["path"],
-                scope.get("http_version", "1.1"),
-                status,
-                elapsed * 1000,
-            )
+            if self.log_health or not scope["path"].startswith(HEALTH_PREFIX):
+                client = scope.get("client")
+                log.info(
+                    '%s "%s %s HTTP/%s" %d %.1fms',
+                    f"{client[0]}:{client[1]}" if client else "-",
+                    method,
+                    escape(scope["path"]),
+                    scope.get("http_version", "1.1"),
+                    status,
+                    elapsed * 1000,
+                )
 
     def _route(self, scope: Scope) -> str:
         for route in self.app.routes:
@@ -65,3 +73,18 @@ class AccessLog:
             if match is not Match.NONE:
                 return getattr(route, "path", "other")
         return "unmatched"
+
+
+def escape(text: str) -> str:
+    """``text`` with every non-printable character (newlines, escapes, Unicode line separators)
+    and quote written as ``%XX``/``%uXXXX``, cut to MAX_LOGGED_PATH characters."""
+    if len(text) > MAX_LOGGED_PATH:
+        text = text[:MAX_LOGGED_PATH] + "..."
+    if text.isprintable() and '"' not in text:
+        return text
+    return "".join(char if char.isprintable() and char != '"' else _percent(char) for char in text)
+
+
+def _percent(char: str) -> str:
+    code = ord(char)
+    return f"%{code:02X}" if code < 0x100 else f"%u{code:04X}"

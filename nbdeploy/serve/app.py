@@ -1,17 +1,34 @@
-"""The Starlette application: V2 routes, request limits and error bodies (the data plane
-behind them is ``dataplane.ServerState``; the ``/nbdeploy/...`` admin routes are ``admin``).
+"""The Starlette application: V2 routes, TF Serving / KServe V1 routes (``v1``), request limits
+and error bodies (the data plane behind them is ``dataplane.ServerState``; the ``/nbdeploy/...``
+admin routes are ``admin``; V2 over gRPC is ``grpc_service``, on its own port).
 
 Models load in the background after the socket is open, so liveness answers at once while
 readiness (and every model route) answers 503 until every version is loaded and warmed up.
+
+An infer request is admitted only under ``--max-concurrency`` (else 503 + Retry-After), runs
+under a deadline (``--request-timeout-s``, else 504), reserves its memory before reading,
+parsing and running (``limits``), and is cancelled when its client disconnects: its queued
+work is then dropped. Each answered infer request is counted for the version that answered it
+(``ok``, or ``error`` for a 5xx or a model that failed to run; refused 4xx are not answers), and
+a background task samples those counters every second for ``/nbdeploy/series``.
+``GET /nbdeploy/identity?nonce=HEX`` proves, without revealing them, that
+this server holds the deployment's tokens (HMAC-SHA256 of the nonce), so a client can check
+who listens on a port before sending it a token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
+import hmac
 import logging
+import re
+import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,12 +36,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import __version__
+from . import __version__, v1
 from .admin import admin_routes
-from .dataplane import ServerState, maybe_offload
-from .errors import ClientError, bad_request
+from .dataplane import Encoded, ServerState
+from .errors import ClientError, bad_request, clip, quote
+from .limits import Reservation
 from .model import ModelVersion
-from .protocol import HEADER_LENGTH, decode_request, parse_header_length
+from .protocol import HEADER_LENGTH, parse_header_length, plain_integer
 
 log = logging.getLogger("nbdeploy.serve")
 
@@ -41,6 +59,10 @@ ACCEPTED_CONTENT_TYPES = {
 }
 
 Handler = Callable[[Request], Awaitable[Response]]
+# ServerState.respond, or another protocol's: (served, body, header length, reservation, routed).
+Respond = Callable[..., Coroutine[Any, Any, Encoded]]
+T = TypeVar("T")
+NONCE = re.compile(r"[0-9a-fA-F]{16,128}")
 
 
 def create_app(state: ServerState) -> Starlette:
@@ -70,17 +92,68 @@ def create_app(state: ServerState) -> Starlette:
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
     async def infer(request: Request) -> Response:
+        params = request.path_params
+        return await _infer(request, params["model"], params.get("version"), state.respond)
+
+    async def v1_model(request: Request) -> Response:
+        """TF Serving / KServe V1: GET the model's status, POST ``...:predict``."""
+        params = request.path_params
+        name, version = params["model"], params.get("version")
+        if version is None:
+            name, verb = v1.split_target(name)
+        else:
+            version, verb = v1.split_target(version)
+        v1.check_verb(request.method, verb)
+        if verb is None:
+            state.authorize(request)
+            return JSONResponse(v1.version_status(state, name, version))
+        return await _infer(request, name, version, functools.partial(v1.respond, state))
+
+    async def v1_metadata(request: Request) -> Response:
         state.authorize(request)
         params = request.path_params
-        with state.take(params["model"], params.get("version")) as served:
-            _check_content_type(request.headers.get("content-type"))
-            body = await _read_body(request, state.settings.max_body_bytes)
-            header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
-            decoded = await maybe_offload(len(body), decode_request, body, header_length)
-            content, headers, media_type = await state.infer(
-                served, decoded, len(body), routed="version" not in params
-            )
+        return JSONResponse(v1.metadata(state, params["model"], params.get("version")))
+
+    async def _infer(
+        request: Request, name: str, version: str | None, respond: Respond
+    ) -> Response:
+        started = time.perf_counter()
+        state.authorize(request)
+        with state.admit() as reservation:
+            async with _deadline(state.settings.request_timeout_s):
+                content, headers, media_type = await _answer(
+                    request, name, version, respond, reservation, started
+                )
         return Response(content, headers=headers, media_type=media_type)
+
+    async def _answer(
+        request: Request,
+        name: str,
+        version: str | None,
+        respond: Respond,
+        reservation: Reservation,
+        started: float,
+    ) -> Encoded:
+        routed = version is None
+        with state.take(name, version) as served, state.answering(served, started):
+            _check_content_type(request.headers.get("content-type"))
+            body = await _read_body(request, reservation, state)
+            length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
+            work = respond(served, body, length, reservation, routed=routed)
+            return await _unless_disconnected(request, work)
+
+    async def identity(request: Request) -> Response:
+        nonce = request.query_params.get("nonce", "")
+        if not NONCE.fullmatch(nonce):
+            raise bad_request("identity needs a ?nonce= of 16 to 128 hexadecimal characters")
+        settings = state.settings
+        return JSONResponse(
+            {
+                "name": ",".join(sorted(settings.found)),
+                "proof": _proof(settings.token, nonce),
+                "admin_proof": _proof(settings.admin_token, nonce),
+            }
+        )
 
     async def metrics(request: Request) -> Response:
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
@@ -101,22 +174,35 @@ def create_app(state: ServerState) -> Starlette:
             "/v2/models/{model}/versions/{version}/ready", _guarded(model_ready), methods=["GET"]
         ),
         Route("/v2/models/{model}/versions/{version}/infer", _guarded(infer), methods=["POST"]),
+        Route("/v1/models/{model}", _guarded(v1_model), methods=["GET", "POST"]),
+        Route("/v1/models/{model}/metadata", _guarded(v1_metadata), methods=["GET"]),
+        Route("/v1/models/{model}/versions/{version}", _guarded(v1_model), methods=["GET", "POST"]),
+        Route(
+            "/v1/models/{model}/versions/{version}/metadata", _guarded(v1_metadata), methods=["GET"]
+        ),
         Route("/metrics", _guarded(metrics), methods=["GET"]),
+        Route("/nbdeploy/identity", _guarded(identity), methods=["GET"]),
         *[Route(path, _guarded(handler), methods=[method]) for path, method, handler in admin],
     ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loading = asyncio.create_task(state.load(), name="load-models")
+        sampling = asyncio.create_task(state.sampler.run(), name="sample-counters")
+        state.observer.start()
         try:
             yield
         finally:
             state.stopping = True
+            sampling.cancel()
             if not loading.done():
                 loading.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loading
             await state.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampling
+            await asyncio.to_thread(state.observer.stop)
             log.info("stopped: every queued request was answered")
 
     return Starlette(
@@ -126,9 +212,58 @@ def create_app(state: ServerState) -> Starlette:
     )
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _proof(token: str | None, nonce: str) -> str | None:
+    """HMAC-SHA256 of the nonce (its ASCII text) keyed with ``token``: only its holder can
+    answer, and the answer reveals nothing about the token."""
+    if not token:
+        return None
+    return hmac.new(token.encode(), nonce.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+@contextlib.asynccontextmanager
+async def _deadline(seconds: float) -> AsyncIterator[None]:
+    """The request's deadline: a 504 when it passes (worker threads still running keep their
+    memory reserved until they end)."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise ClientError(
+            504,
+            f"the request was not answered within {seconds:g} s (--request-timeout-s); send"
+            " fewer rows per request or retry later",
+        ) from None
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first: a cancelled request's
+    queued batch item is dropped (the batcher skips it) instead of run for nobody."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    if task.cancelled():
+        raise ClientError(499, "the client disconnected; its request was dropped")
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _guarded(handler: Handler) -> Handler:
@@ -138,7 +273,7 @@ def _guarded(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except ClientError as exc:
-            return error_response(exc.status, exc.message)
+            return error_response(exc.status, exc.message, exc.headers)
         except Exception as exc:
             log.exception("unexpected error on %s %s", request.method, request.url.path)
             return error_response(
@@ -151,9 +286,9 @@ def _guarded(handler: Handler) -> Handler:
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        message = f"no route {request.url.path}; see GET /v2 and /v2/models/<name>"
+        message = f"no route {clip(request.url.path)}; see GET /v2 and /v2/models/<name>"
     elif exc.status_code == 405:
-        message = f"{request.method} is not allowed on {request.url.path}"
+        message = f"{request.method} is not allowed on {clip(request.url.path)}"
     else:
         message = str(exc.detail)
     response = error_response(exc.status_code, message)
@@ -168,48 +303,85 @@ def _check_content_type(value: str | None) -> None:
         return
     raise ClientError(
         415,
-        f"unsupported Content-Type {value!r}: send application/json, or application/octet-stream"
+        f"unsupported Content-Type {quote(value)}: send application/json, or application/octet-stream"
         " with an Inference-Header-Content-Length header for binary tensors",
     )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+async def _read_body(request: Request, reservation: Reservation, state: ServerState) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``--max-body-bytes``, and
+    with 408 when no data comes for ``body_timeout_s``. Its memory is reserved first (twice:
+    the chunks, then the joined body), from Content-Length or as the chunks come."""
+    settings = state.settings
+    limit = settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise bad_request(f"invalid Content-Length header {declared!r}") from None
+        size = plain_integer(declared)
+        if size is None:
+            raise bad_request(f"invalid Content-Length header {quote(declared)}")
         if size > limit:
             raise _too_large(limit, f"{size} bytes")
+        reservation.resize(2 * size, "this request's body")
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    while True:
+        try:
+            async with asyncio.timeout(settings.body_timeout_s):
+                chunk = await anext(stream, None)
+        except TimeoutError:
+            raise ClientError(
+                408, f"the request body stalled: no data for {settings.body_timeout_s:g} s"
+            ) from None
+        if chunk is None:
+            break
         received += len(chunk)
         if received > limit:
             raise _too_large(limit, f"more than {limit} bytes")
+        if 2 * received > reservation.held:
+            reservation.resize(2 * received, "this request's body")
         chunks.append(chunk)
     body = b"".join(chunks)
-    return _decompress(body, request.headers.get("content-encoding"), limit)
-
-
-def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo gzip/deflate Content-Encoding (as tritonclient can send) without exceeding limit."""
-    encoding = (encoding or "identity").strip().lower()
+    chunks.clear()
+    encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
     if encoding == "identity":
         return body
     if encoding not in ("gzip", "deflate"):
-        raise ClientError(415, f"unsupported Content-Encoding {encoding!r}: use gzip or deflate")
+        raise ClientError(
+            415, f"unsupported Content-Encoding {quote(encoding)}: use gzip or deflate"
+        )
+    size = _inflated_size(body, encoding, limit)
+    reservation.resize(len(body) + size, "decompressing this request's body")
+    return _decompress(body, encoding, size, limit)
+
+
+def _inflated_size(body: bytes, encoding: str, limit: int) -> int:
+    """How long the decompressed body may be: what a gzip trailer says (zlib checks it), at
+    most ``limit``; a deflate stream does not say, so ``limit``."""
+    if encoding == "gzip" and len(body) >= 18:
+        return min(int.from_bytes(body[-4:], "little"), limit)
+    return limit
+
+
+def _decompress(body: bytes, encoding: str, size: int, limit: int) -> bytes:
+    """Undo gzip/deflate Content-Encoding (as tritonclient can send) into at most ``size``
+    bytes, refusing more than ``limit`` (413) and trailing data after the stream (400)."""
     decompressor = zlib.decompressobj(31 if encoding == "gzip" else 15)
     try:
-        data = decompressor.decompress(body, limit + 1)
+        data = decompressor.decompress(body, size + 1)
     except zlib.error as exc:
         raise bad_request(f"the body is not valid {encoding} data: {exc}") from None
-    if len(data) > limit or decompressor.unconsumed_tail:
+    if len(data) > size or decompressor.unconsumed_tail:
+        if size < limit:
+            raise bad_request(f"the {encoding} body holds more data than its trailer says")
         raise _too_large(limit, f"more than {limit} bytes once decompressed")
     if not decompressor.eof:
         raise bad_request(f"the {encoding} body is truncated")
+    if decompressor.unused_data:
+        raise bad_request(
+            f"the {encoding} body has {len(decompressor.unused_data)} bytes of trailing data"
+            f" after the end of its {encoding} stream"
+        )
     return data
 
 

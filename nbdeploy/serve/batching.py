@@ -7,7 +7,9 @@ and concurrent clients are gathered into one run as soon as they are all back. T
 axis 0, run on the model version's own worker thread (so the event loop never blocks) and the
 outputs are split back into views, one per request. Requests whose non-batch dimensions differ
 are never merged. If a merged run fails, every request in it is retried alone so that one bad
-request cannot fail the others.
+request cannot fail the others. A request whose client went away (its handler was cancelled)
+is dropped from the queue without running; one already running is waited for, so that the
+memory it uses stays accounted until onnxruntime is done with it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class _Item:
     key: tuple[Any, ...] | None
     future: asyncio.Future[Result]
     enqueued: float = field(default_factory=time.perf_counter)
+    running: bool = False
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Batcher:
@@ -72,6 +76,7 @@ class Batcher:
         self._queue_metric = metrics.queue_time.labels(*labels)
         self._compute_metric = metrics.compute_time.labels(*labels)
         self._pending_metric = metrics.pending.labels(*labels)
+        self._counters = metrics.version_counters(model.name, model.version)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -98,7 +103,12 @@ class Batcher:
         try:
             self._waiting.append(item)
             self._wakeup.set()
-            return await item.future
+            try:
+                return await item.future
+            except asyncio.CancelledError:
+                if item.running:
+                    await item.finished.wait()
+                raise
         finally:
             self._pending_metric.dec()
 
@@ -115,6 +125,7 @@ class Batcher:
         while True:
             pending.extend(self._waiting)
             self._waiting.clear()
+            pending[:] = [item for item in pending if not item.future.done()]
             if not pending:
                 if self._closing:
                     return
@@ -172,10 +183,19 @@ class Batcher:
 
     async def _run(self, group: list[_Item]) -> None:
         started = time.perf_counter()
+        counters = self._counters
         for item in group:
-            self._queue_metric.observe(started - item.enqueued)
+            waited = started - item.enqueued
+            self._queue_metric.observe(waited)
+            counters.queue_s += waited
+            counters.queued += 1
+            item.running = True
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._executor, self._compute, group)
+        try:
+            results = await loop.run_in_executor(self._executor, self._compute, group)
+        finally:
+            for item in group:
+                item.finished.set()
         for item, result in zip(group, results, strict=True):
             if item.future.done():
                 continue
@@ -217,8 +237,11 @@ class Batcher:
         outputs = self.model.run(feeds, names)
         results = self._split(outputs, group)
         self._compute_metric.observe(time.perf_counter() - started)
-        self._rows_metric.observe(sum(item.rows for item in group))
+        rows = sum(item.rows for item in group)
+        self._rows_metric.observe(rows)
         self._requests_metric.observe(len(group))
+        self._counters.batch_rows += rows
+        self._counters.batches += 1
         return results
 
     def _split(self, outputs: Result, group: list[_Item]) -> list[Result]:

@@ -13,16 +13,35 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import numpy as np
 from starlette.requests import Request
 
 from .batching import Batcher
-from .errors import ClientError
+from .errors import ClientError, busy, clip
+from .limits import (
+    JSON_VALUE_BYTES,
+    STRING_BYTES,
+    MemoryBudget,
+    Reservation,
+    json_values,
+    offload,
+    output_cost,
+)
 from .metrics import Metrics
 from .model import ModelVersion, Repository, RepositoryError, load_repository
-from .protocol import InferRequest, encode_response
+from .monitoring import DriftCollector, Observer, RequestLog, Sampler
+from .protocol import (
+    DATATYPES,
+    InferRequest,
+    RequestedOutput,
+    RequestHeader,
+    build_request,
+    encode_response,
+    read_header,
+)
 from .routing import RoutingError
 from .served import Served
 from .settings import Settings
@@ -30,24 +49,34 @@ from .traffic import Router
 
 log = logging.getLogger("nbdeploy.serve")
 
-# Bodies bigger than this are decoded and encoded off the event loop.
-OFFLOAD_BYTES = 1 << 20
+# Work on more bytes than this (decode, checks, classification, encode) runs in a worker
+# thread; below it, the thread hop would cost more than the work.
+OFFLOAD_BYTES = 64 << 10
 
 Encoded = tuple[bytes, dict[str, str], str]
+# Makes a response from (model, request id, outputs wanted, their arrays); see ServerState.infer.
+Encoder = Callable[[ModelVersion, Any, list[RequestedOutput], dict[str, np.ndarray]], Any]
 
 
 class ServerState:
     """Loaded models, their batchers, and whether the server is ready or stopping."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, request_log: RequestLog | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.sampler = Sampler(metrics)
+        self.observer = Observer(metrics, request_log, settings.log_requests)
+        metrics.registry.register(DriftCollector(self.all_served))
         self.repository: Repository | None = None
         self.served: dict[tuple[str, int], Served] = {}
         self.router: Router | None = None
         self.stopping = False
         self.failure: str | None = None
         self.on_failure: Callable[[], None] = lambda: None
+        self.budget = MemoryBudget(settings.memory_budget_bytes)
+        self.in_flight = 0
 
     @property
     def ready(self) -> bool:
@@ -131,6 +160,25 @@ class ServerState:
         for served in self.served.values():
             await served.batcher.close()
 
+    def all_served(self) -> Iterable[Served]:
+        """Every loaded version (with a routing file: the versions it names right now)."""
+        if self.router is not None:
+            table = self.router.table
+            return list(table.served.values()) if table is not None else []
+        return list(self.served.values())
+
+    def model_name(self, request: Request) -> str:
+        """The model an admin view is about: ``?model=``, else the only (or routed) one."""
+        names = sorted(self.settings.found)
+        asked = request.query_params.get("model")
+        if asked is None:
+            if len(names) == 1:
+                return names[0]
+            raise ClientError(400, f"this server serves {names}: add ?model=NAME")
+        if asked not in names:
+            raise ClientError(404, f"no model {clip(repr(asked))}; this server serves {names}")
+        return asked
+
     def _current_repository(self) -> Repository | None:
         return self.router.repository if self.router is not None else self.repository
 
@@ -175,24 +223,197 @@ class ServerState:
         finally:
             served.release()
 
-    async def infer(
-        self, served: Served, decoded: InferRequest, size: int, *, routed: bool
+    @contextlib.contextmanager
+    def answering(self, served: Served, started: float) -> Iterator[None]:
+        """Count the request answered inside as an answer of ``served`` (every protocol's
+        infer route wraps its work in this): ``ok`` when it ends normally, ``error`` for a 5xx,
+        a model that failed to run or a deadline that cancelled it; a client's mistake (any
+        other 4xx, a disconnect) is not an answer and is not counted."""
+        error: bool | None = True
+        try:
+            yield
+            error = False
+        except ClientError as exc:
+            if exc.status < 500 and not exc.model_failure:
+                error = None
+            raise
+        finally:
+            if error is not None:
+                model = served.model
+                elapsed = time.perf_counter() - started
+                self.metrics.answered(model.name, model.version, elapsed, error=error)
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[Reservation]:
+        """One infer request in flight, or a 503 when ``--max-concurrency`` are; the memory the
+        request reserves is given back when it (and any thread it started) is done."""
+        limit = self.settings.max_concurrency
+        if self.in_flight >= limit:
+            raise busy(
+                f"the server is answering {limit} requests, its limit (--max-concurrency);"
+                " retry shortly"
+            )
+        self.in_flight += 1
+        reservation = self.budget.reservation()
+        try:
+            yield reservation
+        finally:
+            self.in_flight -= 1
+            reservation.release()
+
+    async def respond(
+        self,
+        served: Served,
+        body: bytes,
+        header_length: int | None,
+        reservation: Reservation,
+        *,
+        routed: bool,
     ) -> Encoded:
+        """Decode, run and encode one infer request body on ``served``."""
+        decoded = await self.decode(served, body, header_length, reservation, routed=routed)
+        return await self.infer(served, decoded, reservation, routed=routed)
+
+    async def decode(
+        self,
+        served: Served,
+        body: bytes,
+        header_length: int | None,
+        reservation: Reservation,
+        *,
+        routed: bool,
+    ) -> InferRequest:
+        """Parse the request within the memory budget: count the JSON values (bounded by
+        ``--max-json-elements``) before parsing, then estimate the whole request from the
+        header's shapes before building any tensor."""
+        text = body if header_length is None else body[:header_length]
+        values = await self._work(reservation, len(text), json_values, text)
+        limit = self.settings.max_json_elements
+        if values > limit:
+            raise ClientError(
+                413,
+                f"the request's JSON holds up to {values} values, more than this server's limit"
+                f" of {limit} (--max-json-elements); send fewer rows per request, or send the"
+                " tensors with the binary tensor data extension",
+            )
+        parsing = len(body) + len(text) + values * JSON_VALUE_BYTES
+        reservation.resize(parsing, "parsing this request")
+        header = await self._work(reservation, len(text), read_header, body, header_length)
+        model = served.model
+        wanted = model.check_outputs(header.outputs, header.binary_output)
+        compared = self._extra_outputs(served, wanted, routed)
+        reservation.resize(
+            parsing + self._estimate(served, header, values, wanted, compared), "this request"
+        )
+        return await self._work(reservation, len(body), build_request, header, body)
+
+    def _extra_outputs(
+        self, served: Served, wanted: list[RequestedOutput], routed: bool
+    ) -> list[str]:
+        """Outputs the client did not ask for but the server needs: to compare versions
+        (routed requests with a routing file) and to keep the version's drift profile."""
+        needed = list(served.profiled_outputs)
+        if routed and self.router is not None:
+            needed += self.router.compared_outputs(served)
+        names = {out.name for out in wanted}
+        return [name for name in dict.fromkeys(needed) if name not in names]
+
+    def _estimate(
+        self,
+        served: Served,
+        header: RequestHeader,
+        values: int,
+        wanted: list[RequestedOutput],
+        compared: list[str],
+    ) -> int:
+        """Bytes the request's tensors will take: inputs from the header's shapes (JSON ones
+        through a 64-bit staging array; all checked through a boolean mask, and copied once more
+        when merged into a batch), outputs from the model's shapes and how they are returned.
+
+        A shape that claims more than its data can hold is refused later (400) when the tensor is
+        built, so each input counts at most the elements its data can make."""
+        inputs = 0
+        counts = []
+        for head in header.inputs:
+            itemsize = 4 if head.datatype == "BYTES" else DATATYPES[head.datatype].itemsize
+            if head.binary_size is None:
+                count = min(head.elements, values)
+            else:
+                count = min(head.elements, head.binary_size // itemsize)
+            counts.append(count)
+            if head.datatype == "BYTES":
+                inputs += count * 2 * STRING_BYTES
+                continue
+            staging = 8 + itemsize if head.binary_size is None else 0
+            merged = itemsize if served.batcher.enabled else 0
+            inputs += count * (staging + merged + 1)
+        first = header.inputs[0].shape
+        rows = min(first[0], counts[0]) if first else 1
+        infos = {info.name: info for info in served.model.outputs}
+        outputs = [
+            (infos[out.name].datatype, infos[out.name].shape, out.binary, out.classification)
+            for out in wanted
+        ]
+        outputs += [(infos[name].datatype, infos[name].shape, True, 0) for name in compared]
+        return inputs + output_cost(outputs, rows, sum(counts))
+
+    async def infer(
+        self,
+        served: Served,
+        decoded: InferRequest,
+        reservation: Reservation,
+        *,
+        routed: bool,
+        encode: Encoder | None = None,
+    ) -> Any:
         """Check, run and encode one request on ``served``; ``routed`` requests (unversioned,
-        with a routing file) are also mirrored to the versions that compare against it."""
+        with a routing file) are also mirrored to the versions that compare against it.
+
+        ``encode(model, request_id, wanted, results)`` makes the answer (in a worker thread
+        for big outputs): a V2 response body unless another protocol (gRPC, V1) gives its own.
+        """
         started = time.perf_counter()
         model = served.model
-        feeds = await maybe_offload(size, model.check_inputs, decoded.inputs, decoded.datatypes)
+        size = sum(array.nbytes for array in decoded.inputs.values())
+        feeds = await self._work(
+            reservation, size, model.check_inputs, decoded.inputs, decoded.datatypes
+        )
         wanted = model.check_outputs(decoded.outputs, decoded.binary_output)
         names = [out.name for out in wanted]
-        router = self.router if routed else None
-        if router is not None:
-            names += [name for name in router.compared_outputs(served) if name not in names]
+        names += self._extra_outputs(served, wanted, routed)
         try:
             results = await served.batcher.infer(feeds, names)
-        except Exception:
+        except Exception as exc:
             self._record(served, started, error=True)
+            if isinstance(exc, ClientError):
+                exc.model_failure = True
             raise
+        encoded = await self._work(
+            reservation,
+            sum(results[out.name].nbytes for out in wanted),
+            encode or self._encode,
+            model,
+            decoded.id,
+            wanted,
+            results,
+        )
+        self._record(served, started, error=False)
+        self.observer.submit(served, decoded.inputs, results)
+        router = self.router if routed else None
+        if router is not None:
+            mirroring = router.mirror(served, feeds, decoded.datatypes, results)
+            if mirroring is not None:
+                reservation.watch(mirroring)
+        return encoded
+
+    def _encode(
+        self,
+        model: ModelVersion,
+        request_id: Any,
+        wanted: list[RequestedOutput],
+        results: dict[str, np.ndarray],
+    ) -> Encoded:
+        """Worker thread: classification (where asked) and the response body."""
         tensors = [
             (
                 out,
@@ -202,18 +423,21 @@ class ServerState:
             )
             for out in wanted
         ]
-        encoded = await maybe_offload(
-            sum(array.nbytes for _, array in tensors),
-            encode_response,
+        return encode_response(
             model.name,
             str(model.version),
-            decoded.id,
+            request_id,
             tensors,
+            self.settings.max_json_elements,
         )
-        self._record(served, started, error=False)
-        if router is not None:
-            router.mirror(served, feeds, decoded.datatypes, results)
-        return encoded
+
+    async def _work(
+        self, reservation: Reservation, size: int, function: Callable[..., Any], *args: Any
+    ) -> Any:
+        """``function(*args)``, in a worker thread when it works on more than OFFLOAD_BYTES."""
+        if size > OFFLOAD_BYTES:
+            return await offload(reservation, function, *args)
+        return function(*args)
 
     def _record(self, served: Served, started: float, *, error: bool) -> None:
         if self.router is not None:
@@ -224,15 +448,19 @@ class ServerState:
         """Require ``Authorization: Bearer <token>`` when the server has a token."""
         check_bearer(request, self.settings.token, "this endpoint")
 
-    def admin_router(self, request: Request) -> Router:
-        """The router, for an admin request carrying the admin token. Admin routes exist only
-        with an admin token and take it instead of the inference token."""
+    def admin(self, request: Request) -> None:
+        """Require the admin token. Admin routes exist only with an admin token and take it
+        instead of the inference token."""
         token = self.settings.admin_token
         if not token:
             raise ClientError(
                 404, f"no route {request.url.path}: admin routes are off (no admin token is set)"
             )
         check_bearer(request, token, "this admin route")
+
+    def admin_router(self, request: Request) -> Router:
+        """The router, for an admin request carrying the admin token."""
+        self.admin(request)
         if self.settings.routing_file is None:
             raise ClientError(404, "this server was started without --routing")
         if self.router is None:
@@ -248,10 +476,3 @@ def check_bearer(request: Request, token: str | None, what: str) -> None:
         raise ClientError(401, f"{what} needs an 'Authorization: Bearer <token>' header")
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise ClientError(401, f"the bearer token is not valid for {what}")
-
-
-async def maybe_offload(size: int, function: Callable[..., Any], *args: Any) -> Any:
-    """Run big decode/encode jobs in a thread so the event loop keeps serving other requests."""
-    if size > OFFLOAD_BYTES:
-        return await asyncio.to_thread(function, *args)
-    return function(*args)

@@ -31,7 +31,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import (
     RuntimeException,
 )
 
-from .errors import ClientError, bad_request, not_found
+from .errors import ClientError, bad_request, not_found, quote, quote_names
 from .protocol import DATATYPES, ONNX_DATATYPES, RequestedOutput, check_scores, classify
 
 MODEL_FILE = "model.onnx"
@@ -174,12 +174,12 @@ class ModelVersion:
         if missing or extra:
             problems = []
             if missing:
-                problems.append(f"missing {missing}")
+                problems.append(f"missing {quote_names(missing)}")
             if extra:
-                problems.append(f"unexpected {extra}")
+                problems.append(f"unexpected {quote_names(extra)}")
             raise bad_request(
                 f"model '{self.name}' expects inputs {self._input_names}; the request has"
-                f" {list(inputs)} ({', '.join(problems)})"
+                f" {quote_names(list(inputs))} ({', '.join(problems)})"
             )
         feeds: dict[str, np.ndarray] = {}
         for info in self.inputs:
@@ -229,7 +229,7 @@ class ModelVersion:
         unknown = [out.name for out in requested if out.name not in self._output_names]
         if unknown:
             raise bad_request(
-                f"model '{self.name}' has no output {unknown[0]!r}; its outputs are"
+                f"model '{self.name}' has no output {quote(unknown[0])}; its outputs are"
                 f" {[info.name for info in self.outputs]}"
             )
         return requested
@@ -336,13 +336,15 @@ class Repository:
         """The model version a route names, or a 404 saying what exists."""
         versions = self.models.get(name)
         if versions is None:
-            raise not_found(f"unknown model '{name}'; this server has {sorted(self.models)}")
+            raise not_found(f"unknown model {quote(name)}; this server has {sorted(self.models)}")
         if version is None:
             return versions[self.defaults[name]]
-        number = int(version) if version.isdigit() else None
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+        plain = version.isascii() and version.isdigit() and len(version) <= 9
+        number = int(version) if plain else None
         if number is None or number not in versions:
             raise not_found(
-                f"model '{name}' has no version '{version}'; its versions are"
+                f"model '{name}' has no version {quote(version)}; its versions are"
                 f" {[str(v) for v in sorted(versions)]}"
             )
         return versions[number]
@@ -528,8 +530,8 @@ def _first_index(mask: np.ndarray) -> list[int]:
 
 
 def _read_extras(directory: Path) -> dict[str, Any]:
-    """Labels, input kind, variant, output meanings and the inputs that accept NaN from
-    ``nbdeploy.json``; a broken file or entry is only a warning."""
+    """Labels, input kind, variant, output meanings, the inputs that accept NaN and the drift
+    reference profile from ``nbdeploy.json``; a broken file or entry is only a warning."""
     path = directory / METADATA_FILE
     if not path.is_file():
         return {}
@@ -553,6 +555,11 @@ def _read_extras(directory: Path) -> dict[str, Any]:
     outputs = metadata.get("outputs")
     if isinstance(outputs, dict):
         extras["outputs"] = _output_meanings(outputs, path)
+    profile = metadata.get("profile")
+    if isinstance(profile, dict) and isinstance(profile.get("features"), list):
+        extras["profile"] = profile
+    elif profile is not None:
+        log.warning("%s: metadata.profile is not a profile with features; no drift", path)
     accepts_nan = metadata.get("accepts_nan")
     if isinstance(accepts_nan, list):
         extras["accepts_nan"] = [name for name in accepts_nan if isinstance(name, str)]

@@ -24,9 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from .errors import bad_request
+from .errors import ClientError, bad_request, quote
 
 HEADER_LENGTH = "inference-header-content-length"
+# Values per numpy/json call on big tensors: each such C call holds the GIL, so slicing the work
+# lets the event loop thread in between slices (health answers while a big request decodes).
+SLICE_VALUES = 1 << 13
+# A JSON text this long is parsed with Python-level number hooks, for the same reason.
+HOOKED_JSON_BYTES = 1 << 20
+# Bigger shapes are refused outright: numpy cannot even describe an empty array of them.
+MAX_DIMS = 32
+MAX_SHAPE_PRODUCT = 1 << 56
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -97,12 +105,29 @@ class InferRequest:
 
 
 @dataclass
-class _InputHead:
+class InputHead:
+    """One input as the request's JSON describes it, before its tensor is built."""
+
     name: str
     datatype: str
     shape: tuple[int, ...]
     spec: dict[str, Any]
     binary_size: int | None
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class RequestHeader:
+    """A request's JSON part, checked; ``binary_start`` is where its binary section begins."""
+
+    id: Any
+    inputs: list[InputHead]
+    outputs: list[RequestedOutput] | None
+    binary_output: bool
+    binary_start: int
 
 
 def datatype_of(array: np.ndarray) -> str:
@@ -116,12 +141,12 @@ def parse_header_length(value: str | None, body_size: int) -> int | None:
     """Validate ``Inference-Header-Content-Length`` against the body it describes."""
     if value is None:
         return None
-    try:
-        length = int(value)
-    except ValueError:
+    length = plain_integer(value)
+    if length is None:
         raise bad_request(
-            f"the Inference-Header-Content-Length header must be an integer, got {value!r}"
-        ) from None
+            "the Inference-Header-Content-Length header must be an integer (ASCII digits only),"
+            f" got {quote(value)}"
+        )
     if not 0 < length <= body_size:
         raise bad_request(
             f"the Inference-Header-Content-Length header says {length} bytes of JSON but the"
@@ -130,8 +155,22 @@ def parse_header_length(value: str | None, body_size: int) -> int | None:
     return length
 
 
+def plain_integer(text: str) -> int | None:
+    """The value of a length header: 1 to 18 ASCII digits, nothing else (``int()`` would also
+    take ``1_2``, `` 12``, ``+12`` and non-ASCII digits)."""
+    if 0 < len(text) <= 18 and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
 def decode_request(body: bytes, header_length: int | None) -> InferRequest:
     """Parse an infer request body: JSON header, then the binary section when there is one."""
+    return build_request(read_header(body, header_length), body)
+
+
+def read_header(body: bytes, header_length: int | None) -> RequestHeader:
+    """The JSON part of a request, checked, with every input's name, datatype and shape: what
+    the request will cost can be estimated from it before any tensor is built."""
     header = _load_json(body if header_length is None else body[:header_length])
     if not isinstance(header, dict):
         raise bad_request('the request must be a JSON object with an "inputs" list')
@@ -144,22 +183,33 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
     seen: set[str] = set()
     for head in heads:
         if head.name in seen:
-            raise bad_request(f"input '{head.name}' appears more than once in the request")
+            raise bad_request(f"input {quote(head.name)} appears more than once in the request")
         seen.add(head.name)
-    offset = _check_binary_section(heads, header_length, len(body))
+    return RequestHeader(
+        id=header.get("id"),
+        inputs=heads,
+        outputs=_requested_outputs(header.get("outputs"), binary_output),
+        binary_output=binary_output,
+        binary_start=_check_binary_section(heads, header_length, len(body)),
+    )
+
+
+def build_request(header: RequestHeader, body: bytes) -> InferRequest:
+    """The request's tensors: JSON data converted, binary data viewed in place."""
     inputs: dict[str, np.ndarray] = {}
-    for head in heads:
+    offset = header.binary_start
+    for head in header.inputs:
         if head.binary_size is None:
             inputs[head.name] = _from_json(head)
         else:
             inputs[head.name] = _from_binary(head, body, offset)
             offset += head.binary_size
     return InferRequest(
-        id=header.get("id"),
+        id=header.id,
         inputs=inputs,
-        datatypes={head.name: head.datatype for head in heads},
-        outputs=_requested_outputs(header.get("outputs"), binary_output),
-        binary_output=binary_output,
+        datatypes={head.name: head.datatype for head in header.inputs},
+        outputs=header.outputs,
+        binary_output=header.binary_output,
     )
 
 
@@ -168,9 +218,23 @@ def encode_response(
     model_version: str,
     request_id: Any,
     tensors: list[tuple[RequestedOutput, np.ndarray]],
+    max_json_elements: int | None = None,
 ) -> tuple[bytes, dict[str, str], str]:
-    """Body, extra headers and media type of an infer response (binary parts after the JSON)."""
-    outputs: list[dict[str, Any]] = []
+    """Body, extra headers and media type of an infer response (binary parts after the JSON).
+
+    JSON ``data`` is written slice by slice and spliced into the header, so no single call
+    holds the GIL for a whole tensor; more than ``max_json_elements`` JSON values is a 413.
+    """
+    in_json = sum(array.size for requested, array in tensors if not requested.binary)
+    if max_json_elements is not None and in_json > max_json_elements:
+        raise ClientError(
+            413,
+            f"the outputs hold {in_json} values to encode as JSON, more than this server's limit"
+            f" of {max_json_elements} (--max-json-elements); ask for them as binary data"
+            ' (output parameter "binary_data": true, or "binary_data_output": true) or send'
+            " fewer rows",
+        )
+    outputs: list[bytes] = []
     parts: list[Any] = []
     for requested, array in tensors:
         datatype = datatype_of(array)
@@ -183,14 +247,14 @@ def encode_response(
             raw = _to_binary(array, datatype)
             entry["parameters"] = {"binary_data_size": raw.nbytes}
             parts.append(raw)
+            outputs.append(strict_json(entry))
         else:
-            entry["data"] = _to_json(array, datatype)
-        outputs.append(entry)
+            data = b",".join(_json_slices(array, datatype))
+            outputs.append(b"".join([strict_json(entry)[:-1], b',"data":[', data, b"]}"]))
     header: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request_id is not None:
         header["id"] = request_id
-    header["outputs"] = outputs
-    header_bytes = strict_json(header)
+    header_bytes = b"".join([strict_json(header)[:-1], b',"outputs":[', b",".join(outputs), b"]}"])
     if not parts:
         return header_bytes, {}, "application/json"
     headers = {"Inference-Header-Content-Length": str(len(header_bytes))}
@@ -245,12 +309,40 @@ def classify(array: np.ndarray, count: int, labels: list[str] | None) -> np.ndar
 
 
 def _load_json(data: bytes) -> Any:
+    hooks: dict[str, Any] = {}
+    if len(data) > HOOKED_JSON_BYTES:
+        # Python-level hooks: json.loads then passes through the interpreter loop once per
+        # number, where it hands the GIL over to the event loop thread when that one waits.
+        hooks = {"parse_float": _parse_float, "parse_int": _parse_int}
     try:
-        return json.loads(data)
+        return json.loads(data, **hooks)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise bad_request("the request JSON is nested too deeply") from None
+
+
+def _parse_float(text: str) -> float:
+    return float(text)
+
+
+def _parse_int(text: str) -> int:
+    return int(text)
+
+
+def _as_array(data: Any, dtype: Any = None) -> np.ndarray:
+    """``np.array(data, dtype)``, built from slices of a long outer list (see SLICE_VALUES)."""
+    if not isinstance(data, list) or not data:
+        return np.array(data, dtype=dtype)
+    if len(data) == 1:
+        return _as_array(data[0], dtype)[np.newaxis]
+    width = len(data[0]) if isinstance(data[0], list) else 1
+    step = max(1, SLICE_VALUES // max(width, 1))
+    if step >= len(data):
+        return np.array(data, dtype=dtype)
+    return np.concatenate(
+        [np.array(data[i : i + step], dtype=dtype) for i in range(0, len(data), step)]
+    )
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
@@ -264,20 +356,21 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
 def _flag(params: dict[str, Any], key: str, where: str, default: bool = False) -> bool:
     value = params.get(key, default)
     if not isinstance(value, bool):
-        raise bad_request(f'parameter "{key}" of {where} must be true or false, got {value!r}')
+        raise bad_request(f'parameter "{key}" of {where} must be true or false, got {quote(value)}')
     return value
 
 
-def _input_head(spec: Any, index: int) -> _InputHead:
+def _input_head(spec: Any, index: int) -> InputHead:
     if not isinstance(spec, dict):
         raise bad_request(f"inputs[{index}] must be a JSON object")
     name = spec.get("name")
     if not isinstance(name, str) or not name:
         raise bad_request(f'inputs[{index}] needs a "name" string')
+    where = f"input {quote(name)}"
     datatype = spec.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise bad_request(
-            f"input '{name}' has datatype {datatype!r}; supported datatypes are"
+            f"{where} has datatype {quote(datatype)}; supported datatypes are"
             f" {', '.join(DATATYPES)}"
         )
     shape = spec.get("shape")
@@ -285,27 +378,28 @@ def _input_head(spec: Any, index: int) -> _InputHead:
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise bad_request(
-            f"input '{name}' needs a \"shape\" list of non-negative integers, got {shape!r}"
+            f'{where} needs a "shape" list of non-negative integers, got {quote(shape)}'
         )
-    params = _parameters(spec.get("parameters"), f"input '{name}'")
+    if len(shape) > MAX_DIMS or math.prod(d for d in shape if d) > MAX_SHAPE_PRODUCT:
+        raise bad_request(
+            f"{where} has shape {quote(shape)}: at most {MAX_DIMS} dimensions whose non-zero"
+            f" sizes multiply to at most 2**56"
+        )
+    params = _parameters(spec.get("parameters"), where)
     size = params.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise bad_request(
-                f"binary_data_size of input '{name}' must be a non-negative integer, got {size!r}"
+                f"binary_data_size of {where} must be a non-negative integer, got {quote(size)}"
             )
         if "data" in spec:
-            raise bad_request(
-                f"input '{name}' has both \"data\" and a binary_data_size parameter; give one"
-            )
+            raise bad_request(f'{where} has both "data" and a binary_data_size parameter; give one')
     elif "data" not in spec:
-        raise bad_request(f"input '{name}' has neither \"data\" nor a binary_data_size parameter")
-    return _InputHead(name, datatype, tuple(shape), spec, size)
+        raise bad_request(f'{where} has neither "data" nor a binary_data_size parameter')
+    return InputHead(name, datatype, tuple(shape), spec, size)
 
 
-def _check_binary_section(
-    heads: list[_InputHead], header_length: int | None, body_size: int
-) -> int:
+def _check_binary_section(heads: list[InputHead], header_length: int | None, body_size: int) -> int:
     """Check the declared binary sizes add up to the binary section; return where it starts."""
     declared = sum(head.binary_size or 0 for head in heads)
     if header_length is None:
@@ -326,18 +420,18 @@ def _check_binary_section(
     return header_length
 
 
-def _element_count(head: _InputHead) -> int:
+def _element_count(head: InputHead) -> int:
     return math.prod(head.shape)
 
 
-def _from_binary(head: _InputHead, body: bytes, offset: int) -> np.ndarray:
+def _from_binary(head: InputHead, body: bytes, offset: int) -> np.ndarray:
     count = _element_count(head)
     size = head.binary_size or 0
     if head.datatype == "BYTES":
         elements = _split_bytes(head.name, body, offset, size)
         if len(elements) != count:
             raise bad_request(
-                f"input '{head.name}' has shape {list(head.shape)} ({count} elements) but its"
+                f"input {quote(head.name)} has shape {list(head.shape)} ({count} elements) but its"
                 f" binary data holds {len(elements)} BYTES elements"
             )
         return _object_array(elements, head.shape)
@@ -345,7 +439,7 @@ def _from_binary(head: _InputHead, body: bytes, offset: int) -> np.ndarray:
     expected = count * dtype.itemsize
     if size != expected:
         raise bad_request(
-            f"input '{head.name}' has shape {list(head.shape)} of {head.datatype}, which is"
+            f"input {quote(head.name)} has shape {list(head.shape)} of {head.datatype}, which is"
             f" {expected} bytes, but its binary_data_size is {size}"
         )
     if count == 0:
@@ -360,70 +454,74 @@ def _split_bytes(name: str, body: bytes, offset: int, size: int) -> list[str]:
     position, end = offset, offset + size
     while position < end:
         if position + 4 > end:
-            raise bad_request(f"the binary data of input '{name}' ends inside a length prefix")
+            raise bad_request(f"the binary data of input {quote(name)} ends inside a length prefix")
         (length,) = struct.unpack_from("<I", body, position)
         position += 4
         if position + length > end:
             raise bad_request(
-                f"a BYTES element of input '{name}' declares {length} bytes but only"
+                f"a BYTES element of input {quote(name)} declares {length} bytes but only"
                 f" {end - position} remain"
             )
         try:
             elements.append(body[position : position + length].decode("utf-8"))
         except UnicodeDecodeError:
-            raise bad_request(f"a BYTES element of input '{name}' is not valid UTF-8") from None
+            raise bad_request(
+                f"a BYTES element of input {quote(name)} is not valid UTF-8"
+            ) from None
         position += length
     return elements
 
 
-def _from_json(head: _InputHead) -> np.ndarray:
+def _from_json(head: InputHead) -> np.ndarray:
     data = head.spec["data"]
     count = _element_count(head)
     if head.datatype == "BYTES":
         elements = _flatten_strings(head.name, data)
         if len(elements) != count:
             raise bad_request(
-                f"input '{head.name}' has shape {list(head.shape)} ({count} elements) but its"
+                f"input {quote(head.name)} has shape {list(head.shape)} ({count} elements) but its"
                 f' "data" holds {len(elements)}'
             )
         _check_unicode(head.name, elements)
         return _object_array(elements, head.shape)
     try:
-        array = np.asarray(data)
+        array = _as_array(data)
     except (ValueError, TypeError) as exc:
         raise bad_request(
-            f"the \"data\" of input '{head.name}' must be a flat or evenly nested list of numbers"
+            f'the "data" of input {quote(head.name)} must be a flat or evenly nested list of numbers'
             f" ({exc})"
         ) from None
     target = DATATYPES[head.datatype]
     if array.dtype.kind == "O" and target.kind == "f" and _numbers_or_null(data):
         # null is a missing value: NaN, refused later unless the model accepts it in this input.
         try:
-            array = np.array(data, dtype=np.float64)
+            array = _as_array(data, np.float64)
         except OverflowError:
             raise bad_request(
-                f"input '{head.name}' holds values outside the {head.datatype} range"
+                f"input {quote(head.name)} holds values outside the {head.datatype} range"
             ) from None
     if target.kind in "iu" and array.dtype.kind in "fO" and _all_integers(data):
         # numpy turns a mix of int64 and uint64-only values into float64 (or object for
         # values beyond 64 bits): convert exactly, letting numpy refuse what cannot fit.
         try:
-            array = np.array(data, dtype=target)
+            array = _as_array(data, target)
         except OverflowError:
             raise bad_request(
-                f"input '{head.name}' holds values outside the {head.datatype} range"
+                f"input {quote(head.name)} holds values outside the {head.datatype} range"
             ) from None
     if array.size and array.dtype.kind not in _JSON_KINDS[target.kind]:
         if target.kind != "f" and array.dtype.kind == "O" and _holds_null(data):
             raise bad_request(
-                f"input '{head.name}' is {head.datatype} but its \"data\" holds null; only float"
+                f'input {quote(head.name)} is {head.datatype} but its "data" holds null; only float'
                 " inputs (FP16, FP32, FP64) take null, as a missing value"
             )
         found = _KIND_NAMES.get(array.dtype.kind, "other values")
-        raise bad_request(f"input '{head.name}' is {head.datatype} but its \"data\" holds {found}")
+        raise bad_request(
+            f'input {quote(head.name)} is {head.datatype} but its "data" holds {found}'
+        )
     if array.size != count:
         raise bad_request(
-            f"input '{head.name}' has shape {list(head.shape)} ({count} elements) but its"
+            f"input {quote(head.name)} has shape {list(head.shape)} ({count} elements) but its"
             f' "data" holds {array.size}'
         )
     if target.kind in "iu" and array.size:
@@ -431,7 +529,7 @@ def _from_json(head: _InputHead) -> np.ndarray:
         low, high = array.min(), array.max()
         if low < info.min or high > info.max:
             raise bad_request(
-                f"input '{head.name}' holds values outside the {head.datatype} range"
+                f"input {quote(head.name)} holds values outside the {head.datatype} range"
                 f" [{info.min}, {info.max}]"
             )
     return array.astype(target, copy=False).reshape(head.shape)
@@ -463,7 +561,7 @@ def _flatten_strings(name: str, data: Any) -> list[str]:
             f'input \'{name}\' is BYTES: its "data" holds null; send "" for a missing string'
         )
     if not isinstance(data, list):
-        raise bad_request(f"input '{name}' is BYTES: its \"data\" must hold strings")
+        raise bad_request(f'input {quote(name)} is BYTES: its "data" must hold strings')
     flat: list[str] = []
     for item in data:
         flat.extend(_flatten_strings(name, item))
@@ -480,7 +578,7 @@ def _check_unicode(name: str, elements: list[str]) -> None:
         joined.encode("utf-8")
     except UnicodeEncodeError:
         raise bad_request(
-            f"a BYTES element of input '{name}' is not valid Unicode: it holds a lone surrogate"
+            f"a BYTES element of input {quote(name)} is not valid Unicode: it holds a lone surrogate"
             " escape such as \\ud800"
         ) from None
 
@@ -503,14 +601,14 @@ def _requested_outputs(value: Any, binary_default: bool) -> list[RequestedOutput
             raise bad_request(f'outputs[{index}] must be an object with a "name" string')
         name = spec["name"]
         if name in seen:
-            raise bad_request(f"output '{name}' is requested more than once")
+            raise bad_request(f"output {quote(name)} is requested more than once")
         seen.add(name)
-        params = _parameters(spec.get("parameters"), f"output '{name}'")
-        binary = _flag(params, "binary_data", f"output '{name}'", binary_default)
+        params = _parameters(spec.get("parameters"), f"output {quote(name)}")
+        binary = _flag(params, "binary_data", f"output {quote(name)}", binary_default)
         classes = params.get("classification", 0)
         if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
             raise bad_request(
-                f"classification of output '{name}' must be a non-negative integer, got {classes!r}"
+                f"classification of output {quote(name)} must be a non-negative integer, got {quote(classes)}"
             )
         outputs.append(RequestedOutput(name, binary, classes))
     return outputs
@@ -530,11 +628,18 @@ def _to_binary(array: np.ndarray, datatype: str) -> memoryview:
     return memoryview(contiguous.reshape(-1).view(np.uint8))
 
 
-def _to_json(array: np.ndarray, datatype: str) -> list[Any]:
+def _json_slices(array: np.ndarray, datatype: str) -> list[bytes]:
+    """The comma-separated JSON values of ``array`` (flattened), SLICE_VALUES at a time."""
     flat = array.reshape(-1)
-    if datatype == "BYTES":
-        return [
-            item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
-            for item in flat
-        ]
-    return flat.tolist()
+    slices = []
+    for start in range(0, flat.size, SLICE_VALUES):
+        chunk = flat[start : start + SLICE_VALUES]
+        if datatype == "BYTES":
+            values: list[Any] = [
+                item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+                for item in chunk
+            ]
+        else:
+            values = chunk.tolist()
+        slices.append(strict_json(values)[1:-1])
+    return slices

@@ -1,14 +1,16 @@
-"""Command line and process life: logging, uvicorn, graceful SIGTERM, exit codes.
+"""Command line and process life: logging, uvicorn (and the gRPC port, with ``--grpc-port``),
+graceful SIGTERM, exit codes.
 
 Exit codes: 0 after a graceful stop (SIGTERM or SIGINT), 1 when a model cannot be loaded,
-2 for a bad command line or model repository layout, 3 when the address cannot be bound
-(uvicorn's start-up failure code; a runtime may retry on another port).
+2 for a bad command line or model repository layout, 3 when the HTTP or gRPC address cannot be
+bound (uvicorn's start-up failure code; a runtime may retry on another port).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import platform
 import signal
@@ -16,20 +18,28 @@ import socket
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from . import __version__
 from .access import AccessLog
 from .app import create_app
+from .connections import MAX_HEAD_BYTES, guarded_protocol
 from .cpus import available_cpus
 from .dataplane import ServerState
+from .limits import default_budget
 from .metrics import Metrics
 from .model import RepositoryError, check_default_version, discover, version_directory
+from .monitoring import LOG_MAX_BYTES, RequestLog
 from .routing import RoutingError, read_routing
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .grpc_service import GrpcServer
 
 log = logging.getLogger("nbdeploy.serve")
 
@@ -37,6 +47,11 @@ TOKEN_ENV = "NBDEPLOY_TOKEN"
 ADMIN_TOKEN_ENV = "NBDEPLOY_ADMIN_TOKEN"
 GRACEFUL_SHUTDOWN_S = 30.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_BACKUPS = 3
+# How long a worker thread may hold the GIL while the event loop thread waits for it (Python's
+# default is 5 ms). Answering one request takes the loop many GIL hand-overs, so with busy
+# decode/encode threads 5 ms each would add up to health checks answered in hundreds of ms.
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=_non_negative_int, default=8080)
+    parser.add_argument(
+        "--grpc-port",
+        type=_non_negative_int,
+        default=None,
+        help="also serve V2 over gRPC on this port of --host (0: any free port; default: no gRPC)",
+    )
     parser.add_argument(
         "--default-version",
         type=_non_negative_int,
@@ -74,19 +95,79 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="onnxruntime intra-op threads (default: the CPUs this process may use)",
     )
     parser.add_argument("--max-body-bytes", type=_positive_int, default=64 * 1024 * 1024)
+    limits = parser.add_argument_group("limits (what one request or connection may cost)")
+    limits.add_argument(
+        "--memory-budget-bytes",
+        type=_positive_int,
+        default=None,
+        help="memory the requests in flight may use together, estimated before decoding"
+        " (default: 40%% of the cgroup memory limit, else of physical RAM; at most 2 GiB)",
+    )
+    limits.add_argument(
+        "--max-json-elements",
+        type=_positive_int,
+        default=4_000_000,
+        help="JSON values one request or response may hold (larger: use binary tensors)",
+    )
+    limits.add_argument(
+        "--max-concurrency",
+        type=_positive_int,
+        default=64,
+        help="infer requests in flight; more are answered 503 with Retry-After",
+    )
+    limits.add_argument(
+        "--request-timeout-s",
+        type=_positive_float,
+        default=60.0,
+        help="an infer request not answered in this time gets a 504",
+    )
+    limits.add_argument("--header-timeout-s", type=_positive_float, default=10.0)
+    limits.add_argument(
+        "--body-timeout-s",
+        type=_positive_float,
+        default=30.0,
+        help="longest wait for the next chunk of a request body (408 after it)",
+    )
+    limits.add_argument("--keep-alive-timeout-s", type=_positive_float, default=5.0)
+    monitoring = parser.add_argument_group("request log (opt-in)")
+    monitoring.add_argument(
+        "--log-requests",
+        type=_fraction,
+        default=None,
+        metavar="FRACTION",
+        help="append this fraction (0 < f <= 1) of answered requests, inputs and outputs, as"
+        " JSON lines to DIR/requests.jsonl (needs --request-log-dir)",
+    )
+    monitoring.add_argument("--request-log-dir", type=Path, default=None, metavar="DIR")
+    monitoring.add_argument(
+        "--request-log-max-bytes",
+        type=_positive_int,
+        default=LOG_MAX_BYTES,
+        help=f"rotate requests.jsonl at this size, keeping {LOG_BACKUPS} old ones",
+    )
     parser.add_argument("--log-file", type=Path, default=None)
+    parser.add_argument(
+        "--log-max-bytes",
+        type=_positive_int,
+        default=10 * 1024 * 1024,
+        help=f"rotate the log file at this size, keeping {LOG_BACKUPS} old ones",
+    )
+    parser.add_argument("--log-health", action="store_true", help="also log /v2/health/* requests")
     parser.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.log_requests is not None and args.request_log_dir is None:
+        parser.error("--log-requests needs --request-log-dir")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        _configure_logging(args.log_file, args.log_level)
+        _configure_logging(args.log_file, args.log_level, args.log_max_bytes)
     except OSError as exc:
         print(f"cannot open the log file {args.log_file}: {exc}", file=sys.stderr)
         return 2
@@ -113,16 +194,32 @@ def main(argv: list[str] | None = None) -> int:
         token=os.environ.get(TOKEN_ENV) or None,
         routing_file=args.routing,
         admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
+        memory_budget_bytes=args.memory_budget_bytes or default_budget(),
+        max_json_elements=args.max_json_elements,
+        max_concurrency=args.max_concurrency,
+        request_timeout_s=args.request_timeout_s,
+        body_timeout_s=args.body_timeout_s,
+        log_requests=args.log_requests,
+        request_log_dir=args.request_log_dir,
     )
+    try:
+        request_log = _request_log(settings, args.request_log_max_bytes)
+    except OSError as exc:
+        log.error("cannot open the request log in %s: %s", args.request_log_dir, exc)
+        print(f"cannot open the request log in {args.request_log_dir}: {exc}", file=sys.stderr)
+        return 2
     _log_startup(settings, cpus)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     metrics = Metrics()
-    state = ServerState(settings, metrics)
+    state = ServerState(settings, metrics, request_log)
     config = uvicorn.Config(
-        AccessLog(create_app(state), metrics),
+        AccessLog(create_app(state), metrics, log_health=args.log_health),
         host=args.host,
         port=args.port,
         loop="auto",
-        http="auto",
+        http=guarded_protocol(args.header_timeout_s),
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        timeout_keep_alive=args.keep_alive_timeout_s,  # type: ignore[arg-type]
         ws="none",
         lifespan="on",
         access_log=False,
@@ -131,7 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         server_header=False,
     )
-    server = _Server(config, state)
+    grpc_server = None
+    if args.grpc_port is not None:
+        try:
+            from .grpc_service import GrpcServer  # grpcio only when gRPC is asked for
+        except ImportError as exc:
+            log.error("--grpc-port needs grpcio and protobuf 6: %s", exc)
+            print(f"--grpc-port needs grpcio and protobuf 6: {exc}", file=sys.stderr)
+            return 2
+        grpc_server = GrpcServer(state, args.host, args.grpc_port, log_health=args.log_health)
+    server = _Server(config, state, grpc_server)
     state.on_failure = server.request_exit
     try:
         server.run()
@@ -146,9 +252,21 @@ def main(argv: list[str] | None = None) -> int:
 class _Server(uvicorn.Server):
     """uvicorn's server, with readiness dropped on the first signal and a clean exit status."""
 
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+    def __init__(
+        self, config: uvicorn.Config, state: ServerState, grpc_server: GrpcServer | None = None
+    ) -> None:
         super().__init__(config)
         self._state = state
+        self._grpc = grpc_server
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self._stop_grpc()
+        await super().shutdown(sockets)
+
+    async def _stop_grpc(self) -> None:
+        """Refuse new gRPC calls and let those in flight finish (before the batchers stop)."""
+        if self._grpc is not None:
+            await self._grpc.stop(GRACEFUL_SHUTDOWN_S)
 
     def request_exit(self) -> None:
         self.should_exit = True
@@ -168,7 +286,17 @@ class _Server(uvicorn.Server):
             self.should_exit = True
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+        if self._grpc is not None:
+            try:
+                await self._grpc.start()
+            except OSError as exc:
+                log.error("%s", exc)
+                sys.exit(STARTUP_FAILURE)
+        try:
+            await super().startup(sockets)
+        except SystemExit:
+            await self._stop_grpc()
+            raise
         for server in getattr(self, "servers", []):
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
@@ -187,10 +315,22 @@ def _routed_versions(root: Path, path: Path) -> dict[str, dict[int, Path]]:
     return {routing.name: versions}
 
 
-def _configure_logging(log_file: Path | None, level: str) -> None:
+def _request_log(settings: Settings, max_bytes: int) -> RequestLog | None:
+    """The request log, opened now so that a directory it cannot write fails the start."""
+    if settings.log_requests is None or settings.request_log_dir is None:
+        return None
+    settings.request_log_dir.mkdir(parents=True, exist_ok=True)
+    request_log = RequestLog(settings.request_log_dir, max_bytes=max_bytes)
+    request_log.open()
+    return request_log
+
+
+def _configure_logging(log_file: Path | None, level: str, max_bytes: int) -> None:
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=max_bytes, backupCount=LOG_BACKUPS, encoding="utf-8"
+        )
     else:
         handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -228,6 +368,21 @@ def _log_startup(settings: Settings, cpus: int) -> None:
         settings.max_body_bytes,
         "required" if settings.token else "off",
     )
+    if settings.log_requests is not None:
+        log.info(
+            "request log: %g of answered requests to %s",
+            settings.log_requests,
+            settings.request_log_dir,
+        )
+    log.info(
+        "limits: memory budget %d bytes, %d JSON values, %d infer requests in flight,"
+        " %g s per request, %g s between body chunks",
+        settings.memory_budget_bytes,
+        settings.max_json_elements,
+        settings.max_concurrency,
+        settings.request_timeout_s,
+        settings.body_timeout_s,
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -241,6 +396,20 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {value}")
     return value
 
 

@@ -12,7 +12,10 @@ class Settings:
 
     ``found`` holds the versions to load at start-up: every discovered one, or with
     ``routing_file`` only those the routing file names. ``admin_token`` enables the
-    ``/nbdeploy/...`` admin routes.
+    ``/nbdeploy/...`` admin routes. The limits bound what one request may cost: memory
+    (estimated before decoding), JSON values, requests in flight, time to answer, and the idle
+    time between two chunks of a body. ``log_requests`` is the fraction of answered requests
+    appended to the request log in ``request_log_dir`` (None: no log).
     """
 
     repository: Path
@@ -26,3 +29,10 @@ class Settings:
     token: str | None = None
     routing_file: Path | None = None
     admin_token: str | None = None
+    memory_budget_bytes: int = 1 << 30
+    max_json_elements: int = 4_000_000
+    max_concurrency: int = 64
+    request_timeout_s: float = 60.0
+    body_timeout_s: float = 30.0
+    log_requests: float | None = None
+    request_log_dir: Path | None = None

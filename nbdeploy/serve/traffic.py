@@ -219,23 +219,24 @@ class Router:
 
     def mirror(
         self, answered: Served, feeds: Arrays, datatypes: dict[str, str], results: Arrays
-    ) -> None:
+    ) -> asyncio.Task[None] | None:
         """Send a copy of an answered unversioned request to the shadows, and to the stable
-        version when a canary answered; never awaited by the client's handler."""
+        version when a canary answered; never awaited by the client's handler. Returns the
+        task doing it (the request's memory stays reserved until it ends), if any."""
         table = self._table()
         if table.served.get(answered.version) is not answered:
-            return  # a reload removed it while this request was in flight
+            return None  # a reload removed it while this request was in flight
         stable = table.routing.stable
         targets = [v for v in table.routing.shadow if v != answered.version]
         if answered.version != stable:
             targets.insert(0, stable)
         if not targets:
-            return
+            return None
         jobs = [table.served[v] for v in targets]
         if len(self._mirrors) >= MIRROR_LIMIT:
             for job in jobs:
                 job.stats.dropped += 1
-            return
+            return None
         for job in jobs:
             job.acquire()
         task = asyncio.get_running_loop().create_task(
@@ -243,6 +244,7 @@ class Router:
         )
         self._mirrors.add(task)
         task.add_done_callback(self._mirrors.discard)
+        return task
 
     async def _mirror(
         self,
@@ -281,7 +283,7 @@ class Router:
         started = time.perf_counter()
         model = job.model
         try:
-            checked = model.check_inputs(feeds, datatypes)
+            checked = await asyncio.to_thread(model.check_inputs, feeds, datatypes)
             outputs = await job.batcher.infer(checked, [info.name for info in model.outputs])
         except Exception as exc:
             self.record(job, _ms_since(started), error=True, mirrored=True)

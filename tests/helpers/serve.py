@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -434,6 +435,33 @@ def save_nan_out(directory: Path) -> Path:
     return _save(graph, directory, extras)
 
 
+def save_wide(directory: Path) -> Path:
+    """x FP32 [batch, n] (n dynamic) -> scores = x (per-class probabilities, n classes) and
+    label = argmax(x) INT64 [batch] (recorded as class labels): big tensors in, and both kinds
+    of output for the classification extension."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["x"], ["scores"]),
+            helper.make_node("ArgMax", ["x"], ["label"], axis=1, keepdims=0),
+        ],
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "n"]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+        ],
+    )
+    extras = {
+        "metadata": {
+            "outputs": {"scores": {"kind": "probabilities"}, "label": {"kind": "label"}},
+            "accepts_nan": [],
+        }
+    }
+    return _save(graph, directory, extras)
+
+
 def build_repository(root: Path) -> Path:
     """The main test repository: mlp v1+v2, pair, types, text, fixed, zipmap, and things to skip."""
     save_mlp(root / "mlp" / "1", seed=1)
@@ -446,6 +474,42 @@ def build_repository(root: Path) -> Path:
     (root / "mlp" / "notes").mkdir()
     (root / "no-versions" / "draft").mkdir(parents=True)
     return root
+
+
+def peak_rss(pid: int) -> int:
+    """Peak resident memory (VmHWM) of a live process, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def raw_exchange(port: int, data: bytes, *, wait: float = 10.0) -> bytes:
+    """Send ``data`` on a fresh socket and return everything the server sends until it
+    closes (or ``wait`` seconds pass); a reset or a write into a closed socket only ends the
+    sending, so a refusal sent before the whole ``data`` was taken is still read."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        return read_until_closed(sock, wait)
+
+
+def read_until_closed(sock: socket.socket, wait: float) -> bytes:
+    """Everything ``sock`` receives until the peer closes it or ``wait`` seconds pass."""
+    sock.settimeout(wait)
+    chunks = []
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def free_port() -> int:
@@ -473,12 +537,17 @@ class ServerProcess:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        client = httpx.Client(base_url=self.url, headers=self.headers, timeout=60, **kwargs)
+        kwargs.setdefault("timeout", 60)
+        client = httpx.Client(base_url=self.url, headers=self.headers, **kwargs)
         self.clients.append(client)
         return client
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def peak_rss(self) -> int:
+        """The server's peak resident memory so far (VmHWM), in bytes."""
+        return peak_rss(self.process.pid)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
