@@ -7,12 +7,12 @@ re-exports the preprocessing functions from here, so the page and Python callers
 """
 
 import html
+import http.client
 import io
 import json
 import math
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from typing import Any
 
 import numpy as np
@@ -327,6 +327,32 @@ def _error_text(raw: bytes) -> str:
         return raw.decode(errors="replace")[:500]
 
 
+class _EndpointConnection(http.client.HTTPConnection):
+    """Straight to the endpoint (no proxy from the environment sees the token), and, where
+    nbdeploy is installed, only once the process on the port proved it holds the token."""
+
+    def __init__(self, host: str, port: int | None, timeout: float, token: str | None) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._token = token
+
+    def connect(self) -> None:
+        super().connect()
+        if not self._token or self.sock is None:
+            return
+        try:
+            from nbdeploy.client import prove_identity_on_socket
+        except ImportError:
+            return
+        try:
+            prove_identity_on_socket(self.sock, self.host, self.port, self._token, None)
+        except Exception as exc:
+            raise _NotProven(str(exc)) from None
+
+
+class _NotProven(ConnectionError):
+    """The process on the port could not prove it holds TOKEN: nothing was sent to it."""
+
+
 def infer(
     url: str,
     token: str | None,
@@ -351,25 +377,35 @@ def infer(
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    target = f"{url.rstrip('/')}/v2/models/{model}/infer"
-    request = urllib.request.Request(
-        target, data=json.dumps({"inputs": entries}).encode(), headers=headers, method="POST"
-    )
+    parsed = urllib.parse.urlsplit(url)
+    connection = _EndpointConnection(parsed.hostname or "127.0.0.1", parsed.port, timeout, token)
     started = time.perf_counter()
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            payload = response.read()
-    except urllib.error.HTTPError as exc:
-        message = _error_text(exc.read())
-        if exc.code == 401:
-            message += " (set TOKEN at the top of the demo notebook to the deployment's token)"
-        raise DemoError(f"the endpoint answered HTTP {exc.code}: {message}") from None
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", exc)
+        connection.request(
+            "POST",
+            f"{parsed.path.rstrip('/')}/v2/models/{model}/infer",
+            body=json.dumps({"inputs": entries}).encode(),
+            headers=headers,
+        )
+        response = connection.getresponse()
+        payload = response.read()
+    except _NotProven as exc:
+        raise DemoError(
+            f"{exc}: set TOKEN at the top of the demo notebook to the deployment's token"
+            " (`nbdeploy token NAME`), or check that the deployment still runs (`nbdeploy ls`)"
+        ) from None
+    except (OSError, http.client.HTTPException) as exc:
         raise EndpointUnreachable(
-            f"cannot reach the endpoint at {url} ({reason}); is the deployment still running?"
+            f"cannot reach the endpoint at {url} ({exc}); is the deployment still running?"
             " (`nbdeploy ls`)"
         ) from None
+    finally:
+        connection.close()
+    if response.status >= 400:
+        message = _error_text(payload)
+        if response.status == 401:
+            message += " (set TOKEN at the top of the demo notebook to the deployment's token)"
+        raise DemoError(f"the endpoint answered HTTP {response.status}: {message}")
     latency_ms = (time.perf_counter() - started) * 1000.0
     outputs = {}
     for out in json.loads(payload).get("outputs", []):

@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from nbdeploy._errors import BenchmarkError
+from nbdeploy._errors import BenchmarkError, DeployError
 from nbdeploy._tensors import as_feeds, repeat_to_batch
 from nbdeploy.bench import BenchmarkReport, BenchmarkResult, machine_info
-from nbdeploy.client import encode_request
+from nbdeploy.client import encode_request, prove_identity_on_socket
 
 PAYLOADS = ("json", "binary")
 
@@ -66,16 +66,35 @@ def benchmark_endpoint(
     return BenchmarkReport(results=results, machine=machine_info())
 
 
+class _VerifiedConnection(http.client.HTTPConnection):
+    """An HTTP/1.1 connection that opens every socket (the first, and each silent reconnect)
+    with the identity challenge, so the endpoint's token only reaches its own server."""
+
+    def __init__(self, host: str, port: int | None, token: str | None, name: str) -> None:
+        super().__init__(host, port, timeout=30)
+        self._token, self._name = token, name
+
+    def connect(self) -> None:
+        super().connect()
+        if self._token is None or self.sock is None:
+            return
+        try:
+            prove_identity_on_socket(self.sock, self.host, self.port, self._token, self._name)
+        except DeployError as exc:
+            self.sock = None
+            raise ConnectionRefusedError(str(exc)) from exc
+
+
 class _Connection:
     """A bare keep-alive HTTP/1.1 connection: the load generator should cost as little CPU as
-    possible, since it shares the machine with the server it measures."""
+    possible, since it shares the machine with the server it measures. ``http.client`` reads no
+    proxy variables, so requests go straight to the endpoint."""
 
-    def __init__(self, url: str, headers: dict[str, str]) -> None:
-        parsed = urlsplit(url)
-        self._conn = http.client.HTTPConnection(
-            parsed.hostname or "127.0.0.1", parsed.port, timeout=30
-        )
-        self._headers = headers
+    def __init__(self, endpoint: Any) -> None:
+        parsed = urlsplit(endpoint.url)
+        host = parsed.hostname or "127.0.0.1"
+        self._conn = _VerifiedConnection(host, parsed.port, endpoint.token, endpoint.name)
+        self._headers = dict(endpoint.headers)
 
     def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
         self._conn.request("POST", path, body=body, headers={**self._headers, **headers})
@@ -98,7 +117,7 @@ def _closed_loop(
     duration_s: float,
     warmup: int,
 ) -> BenchmarkResult:
-    clients = [_Connection(endpoint.url, endpoint.headers) for _ in range(workers)]
+    clients = [_Connection(endpoint) for _ in range(workers)]
     latencies: list[list[int]] = [[] for _ in range(workers)]
     failures = [0] * workers
     try:
@@ -128,7 +147,7 @@ def _closed_loop(
             except (OSError, http.client.HTTPException):
                 ok = False
                 client.close()
-                client = clients[index] = _Connection(endpoint.url, endpoint.headers)
+                client = clients[index] = _Connection(endpoint)
             if ok:
                 latencies[index].append(time.perf_counter_ns() - began)
             else:

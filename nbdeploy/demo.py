@@ -375,7 +375,7 @@ def _answers(port: int) -> bool:
     """True once Voila's HTTP server responds (a static route: loading the page runs a kernel)."""
     url = f"http://127.0.0.1:{port}/voila/static/"
     try:
-        with urllib.request.urlopen(url, timeout=1.0):
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=1.0):
             return True
     except urllib.error.HTTPError:
         return True
