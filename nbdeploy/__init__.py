@@ -29,6 +29,11 @@ _EXPORTS: dict[str, str] = {
     "compare": "nbdeploy.api",
     "remove": "nbdeploy.api",
     "prune": "nbdeploy.api",
+    "stats": "nbdeploy.api",
+    "drift": "nbdeploy.api",
+    "requests": "nbdeploy.api",
+    "StatsReport": "nbdeploy.telemetry",
+    "DriftReport": "nbdeploy.drift_profile",
     "CompareReport": "nbdeploy.comparison",
     "PruneReport": "nbdeploy.retention",
     "Guards": "nbdeploy.vocabulary",
@@ -45,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     "ServerSettings": "nbdeploy.vocabulary",
     "ProgressEvent": "nbdeploy.vocabulary",
     "DeployPanel": "nbdeploy.jupyter.panel",
+    "Monitor": "nbdeploy.jupyter.monitor",
     "NbdeployError": "nbdeploy._errors",
     "ExportError": "nbdeploy._errors",
     "ParityError": "nbdeploy._errors",
@@ -76,6 +82,7 @@ if TYPE_CHECKING:
         compare,
         deploy,
         deployments,
+        drift,
         export,
         get,
         model,
@@ -85,8 +92,10 @@ if TYPE_CHECKING:
         quantize,
         register,
         remove,
+        requests,
         rollback,
         set_traffic,
+        stats,
         stop_version,
         traffic,
         undeploy,
@@ -94,9 +103,12 @@ if TYPE_CHECKING:
     from nbdeploy.artifact import ModelArtifact
     from nbdeploy.bench import BenchmarkReport
     from nbdeploy.comparison import CompareReport
+    from nbdeploy.drift_profile import DriftReport
     from nbdeploy.endpoint import Endpoint
+    from nbdeploy.jupyter.monitor import Monitor
     from nbdeploy.jupyter.panel import DeployPanel
     from nbdeploy.retention import PruneReport
+    from nbdeploy.telemetry import StatsReport
     from nbdeploy.vocabulary import (
         Deployment,
         DeploymentView,
@@ -109,16 +121,20 @@ if TYPE_CHECKING:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbdeploy``: register the ``%deploy`` family of magics, and put ``DeployPanel``
-    in the namespace (when ipywidgets is installed and the name is not taken)."""
+    and ``Monitor`` in the namespace (when ipywidgets is installed and the names are free)."""
     from nbdeploy.jupyter.magics import load_ipython_extension as load
 
     load(ipython)
-    if "DeployPanel" not in ipython.user_ns:
-        try:
-            from nbdeploy.jupyter.panel import DeployPanel
-        except ImportError:
-            return
-        ipython.push({"DeployPanel": DeployPanel}, interactive=False)
+    try:
+        from nbdeploy.jupyter.monitor import Monitor
+        from nbdeploy.jupyter.panel import DeployPanel
+    except ImportError:
+        return
+    widgets = {"DeployPanel": DeployPanel, "Monitor": Monitor}
+    ipython.push(
+        {name: value for name, value in widgets.items() if name not in ipython.user_ns},
+        interactive=False,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -7,9 +7,12 @@ from pathlib import Path
 
 
 def home() -> Path:
-    """The state directory: ``NBDEPLOY_HOME`` or ``~/.nbdeploy``."""
+    """The state directory: ``NBDEPLOY_HOME`` or ``~/.nbdeploy``, readable by its owner only
+    (it holds bearer tokens); a home made earlier with wider permissions is narrowed."""
     root = Path(os.environ.get("NBDEPLOY_HOME") or Path.home() / ".nbdeploy").expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if root.stat().st_mode & 0o077:
+        root.chmod(0o700)
     return root
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from nbdeploy.artifact import ModelArtifact
 from nbdeploy.endpoint import Endpoint
+from nbdeploy.request_log import check_fraction
 from nbdeploy.vocabulary import (
     AUTO_CANDIDATES,
     DeploymentView,
@@ -28,7 +29,10 @@ if TYPE_CHECKING:
     from nbdeploy.bench import BenchmarkReport
     from nbdeploy.comparison import CompareReport
     from nbdeploy.demo import DemoServer
+    from nbdeploy.drift_profile import DriftReport
+    from nbdeploy.monitoring.prometheus import MonitoringStatus
     from nbdeploy.retention import PruneReport
+    from nbdeploy.telemetry import StatsReport
 
 
 def export(
@@ -189,6 +193,10 @@ def deploy(
     batching: bool = True,
     cpus: float | None = None,
     memory: str | None = "1g",
+    memory_budget_bytes: int | None = None,
+    max_concurrency: int | None = None,
+    request_timeout_s: float | None = None,
+    log_requests: float | None = None,
     canary: int | None = None,
     shadow: bool = False,
     guards: Guards | Mapping[str, Any] | None = None,
@@ -209,7 +217,10 @@ def deploy(
     every request (clients still get the stable version's answers). ``guards``
     (``max_error_rate``, ``min_agreement``, ``max_p99_ms``) send a canary's traffic back to the
     stable version by itself when its live numbers cross one. ``max_batch_size``, ``max_queue_delay_ms``, ``batching``, ``cpus`` and
-    ``memory`` tune the server; ``progress`` receives a ProgressEvent per step.
+    ``memory`` tune the server; ``memory_budget_bytes`` (what decoded requests may hold at
+    once, default 40% of ``memory``), ``max_concurrency`` (503 beyond) and
+    ``request_timeout_s`` (504 beyond) bound it; ``log_requests=0.01``
+    keeps 1% of the requests with their answers (``nbd.requests(name)`` reads them back); ``progress`` receives a ProgressEvent per step.
     """
     from nbdeploy import deployment
 
@@ -219,6 +230,10 @@ def deploy(
         batching=batching,
         cpus=cpus,
         memory=memory,
+        memory_budget_bytes=memory_budget_bytes,
+        max_concurrency=max_concurrency,
+        request_timeout_s=request_timeout_s,
+        log_requests=check_fraction(log_requests),
     )
     record = deployment.deploy(
         model,
@@ -341,6 +356,59 @@ def compare(
     from nbdeploy import deployment
 
     return deployment.compare(name, X, y, versions=versions, batch_size=batch_size)
+
+
+def stats(name: str, window: float = 60.0) -> StatsReport:
+    """``name``'s request rate, error rate, latency p50/p95/p99, batch size, queue time and
+    per-version split over the last ``window`` seconds (a StatsReport: table, plot, to_dict)."""
+    from nbdeploy import deployment
+
+    return deployment.stats(name, window)
+
+
+def drift(name: str, version: int | None = None) -> DriftReport:
+    """Per feature of ``name``'s inputs and outputs, how far its live traffic is from the data
+    it was deployed with (population stability index), worst first (a DriftReport)."""
+    from nbdeploy import deployment
+
+    return deployment.drift(name, version)
+
+
+def requests(name: str, version: int | None = None, limit: int | None = None) -> Any:
+    """The requests ``name`` logged (deployed with ``log_requests=``) as a DataFrame: one row
+    per input row with its time, the version that answered, the inputs and the outputs."""
+    from nbdeploy import request_log
+
+    return request_log.load(name, version, limit)
+
+
+def monitoring_up(port: int | None = None) -> MonitoringStatus:
+    """Start a Prometheus on 127.0.0.1 scraping every deployment (or report the running one)."""
+    from nbdeploy.monitoring import prometheus, targets
+
+    targets.sync()
+    return prometheus.up(port)
+
+
+def monitoring_down() -> bool:
+    """Stop the Prometheus ``monitoring_up`` started; False when none ran."""
+    from nbdeploy.monitoring import prometheus
+
+    return prometheus.down()
+
+
+def monitoring_status() -> MonitoringStatus:
+    """Whether Prometheus runs, where, and the health of each deployment's target."""
+    from nbdeploy.monitoring import prometheus
+
+    return prometheus.status()
+
+
+def monitoring_grafana() -> str:
+    """How to point a Grafana at the dashboard and data source files nbdeploy writes."""
+    from nbdeploy.monitoring import prometheus
+
+    return prometheus.grafana_instructions()
 
 
 def remove(name: str, version: int | None = None, *, force: bool = False) -> list[int]:

@@ -14,7 +14,9 @@ typed :class:`~nbdeploy.vocabulary.Deployment` records (the stable version's);
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -22,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nbdeploy import _format
+from nbdeploy import _format, _procs
 from nbdeploy._errors import DeployError, ExportError, InputError, NbdeployError
 from nbdeploy.artifact import ModelArtifact
 from nbdeploy.repository import ModelRepository
+from nbdeploy.request_log import requests_dir
 from nbdeploy.routing import (
     AdminClient,
     Routing,
@@ -41,6 +44,7 @@ from nbdeploy.runtimes.base import (
     environment_of,
     free_port,
     inspect_model_dir,
+    local_url,
     port_in_use,
 )
 from nbdeploy.store import Store
@@ -63,6 +67,8 @@ from nbdeploy.vocabulary import (
 
 if TYPE_CHECKING:
     from nbdeploy.comparison import CompareReport
+    from nbdeploy.drift_profile import DriftReport
+    from nbdeploy.telemetry import StatsReport
 
 
 def prepare_artifact(
@@ -107,7 +113,7 @@ def prepare_artifact(
         )
     artifact = _with_serving_metadata(artifact, sample=sample, labels=labels)
     if quantize == "none":
-        return artifact, None
+        return _with_profile(artifact, sample, calibration, progress), None
 
     modes = AUTO_CANDIDATES if quantize == "auto" else (quantize,)
     emit(progress, "quantize", ", ".join(modes))
@@ -124,7 +130,8 @@ def prepare_artifact(
         if not usable:
             reasons = "; ".join(f"{v.variant}: {v.quantization.reason}" for v in variants)
             raise NbdeployError(f"quantize={quantize!r} produced no usable variant ({reasons})")
-        return _with_variants(usable[0], considered), None
+        chosen = _with_variants(usable[0], considered)
+        return _with_profile(chosen, sample, calibration, progress), None
 
     from nbdeploy.bench import benchmark
     from nbdeploy.optimize import select_auto
@@ -134,7 +141,8 @@ def prepare_artifact(
     report = benchmark([artifact, *variants], bench_sample, batch_sizes=(1,), baseline=False)
     chosen = select_auto(artifact, variants, report.latency_ms(batch_size=1))
     emit(progress, "quantize", f"auto picked {chosen.variant}")
-    return _with_variants(chosen, considered), report.to_dict()
+    chosen = _with_profile(_with_variants(chosen, considered), sample, calibration, progress)
+    return chosen, report.to_dict()
 
 
 def _export(
@@ -204,9 +212,38 @@ def _with_serving_metadata(
     )
 
 
+def _with_profile(
+    artifact: ModelArtifact, sample: Any, calibration: Any, progress: Progress | None
+) -> ModelArtifact:
+    """A copy of ``artifact`` carrying the reference profile of the data the user gave (the
+    sample and the calibration data), which the server compares live requests with."""
+    from nbdeploy.drift_profile import MIN_ROWS, reference_profile
+
+    if "profile" in artifact.metadata:
+        return artifact
+    profile = reference_profile(artifact, sample, calibration)
+    if profile is None:
+        return artifact
+    weak = (
+        f"; pass calibration= with {MIN_ROWS}+ rows for a reliable one"
+        if profile["rows"] < MIN_ROWS
+        else ""
+    )
+    emit(
+        progress,
+        "export",
+        f"drift reference: {len(profile['features'])} features from {profile['rows']} rows{weak}",
+    )
+    return replace(artifact, metadata={**artifact.metadata, "profile": profile})
+
+
 def _with_variants(chosen: ModelArtifact, considered: list[dict[str, Any]]) -> ModelArtifact:
     """Keep every variant that was weighed in the served version's metadata, for the summary."""
     return replace(chosen, metadata={**chosen.metadata, "variants": considered})
+
+
+# How long a restart on the same port waits for a dead server's socket to be released.
+PORT_RELEASE_S = 5.0
 
 
 def deploy(
@@ -267,6 +304,8 @@ def deploy(
     emit(progress, "register", f"{registered.name} version {version}")
 
     def plan(current: Routing | None) -> Routing:
+        if current is not None and canary is None and not shadow and current.stable > version:
+            return current  # a newer version won a concurrent deploy: the newest serves
         if current is None or (canary is None and not shadow):
             return Routing(registered.name, stable=version, weights={version: 100})
         if shadow:
@@ -475,11 +514,16 @@ def _change(
     store = Store()
     repository = ModelRepository()
     with name_lock(name):
+        clean_orphans(name)
         rows = store.deployments(name=name)
         route = store.route(name) if rows else None
         current = _current_routing(name, rows, route)
         routing = plan(current)
-        if current is not None and routing.generation <= current.generation:
+        if (
+            routing is not current
+            and current is not None
+            and routing.generation <= current.generation
+        ):
             routing = replace(routing, generation=current.generation + 1)
         registered = {int(row["version"]): row for row in repository.list_versions(name)}
         unknown = [v for v in routing.versions if v not in registered]
@@ -497,6 +541,11 @@ def _change(
         )
         handle = RuntimeHandle.from_dict(server.handle) if server and server.handle else None
         restart = _restart_reason(backend, handle, server, routing, versions, port, wanted)
+        launch_id = None
+        if restart is None and routing is current:
+            emit(progress, "switch", f"{what}: nothing to change")
+            store.add_event(name, "unchanged", f"{what}: {format_weights(routing.weights)} stays")
+            return current_record(name)
         if restart is None:
             assert server is not None and handle is not None
             _reload(name, server.url, admin_token, routing, current, what, timeout, progress)
@@ -517,8 +566,10 @@ def _change(
                 versions=versions,
                 settings=wanted,
                 progress=progress,
+                request_log_dir=requests_dir(name) if wanted.log_requests else None,
+                grpc_port=_grpc_port(store, name, server),
             )
-            handle = _start(backend, spec, routing, current, rows, timeout, progress)
+            handle, launch_id = _start(backend, spec, routing, current, rows, timeout, progress)
             url = handle.url
         reason = guard_reason
         if reason is None and not clear_guard and route is not None:
@@ -528,6 +579,7 @@ def _change(
             routing=routing.to_json(),
             admin_token=admin_token,
             guard_reason=reason,
+            launch_id=launch_id,
             server={
                 "runtime": backend.name,
                 "url": url,
@@ -542,7 +594,19 @@ def _change(
             name, event, f"{what}: {format_weights(routing.weights)}", routing.to_json()
         )
         emit(progress, "ready", f"{url}/v2/models/{name} ({format_weights(routing.weights)})")
+    _sync_monitoring(name)
     return current_record(name)
+
+
+def _sync_monitoring(name: str) -> None:
+    """Keep Prometheus' targets equal to what runs; a monitoring failure never fails a deploy
+    (it is recorded as an event instead)."""
+    from nbdeploy.monitoring import targets
+
+    try:
+        targets.sync()
+    except (OSError, NbdeployError) as exc:
+        Store().add_event(name, "monitoring", f"Prometheus targets not updated: {exc}")
 
 
 def _current_routing(
@@ -587,6 +651,15 @@ def _restart_reason(
     return None
 
 
+def _grpc_port(store: Store, name: str, server: Deployment | None) -> int:
+    """The name's V2 gRPC port: the one its server had (stable like its HTTP port), else a
+    free one."""
+    earlier = (server.handle if server else {}).get("grpc_port") or store.last_grpc_port(name)
+    if earlier and not port_in_use(int(earlier)):
+        return int(earlier)
+    return free_port()
+
+
 def _reusable_port(store: Store, name: str) -> int:
     """The name's last port when it is free (its URL comes back), else a free one."""
     last = store.last_port(name)
@@ -609,7 +682,7 @@ def _reload(
     emit(progress, "launch", f"loading into {name}'s server: {format_weights(routing.weights)}")
     write_routing(routing)
     try:
-        AdminClient(url, admin_token).reload(timeout=timeout)
+        AdminClient(url, admin_token, name=name).reload(timeout=timeout)
     except DeployError as exc:
         if current is not None:
             write_routing(current)
@@ -629,29 +702,82 @@ def _start(
     rows: list[Deployment],
     timeout: float,
     progress: Progress | None,
-) -> RuntimeHandle:
+) -> tuple[RuntimeHandle, int]:
     """Start the name's server with ``routing``; on failure nothing is left running and the
-    store says the name is stopped (its old server was stopped before)."""
+    store says the name is stopped (its old server was stopped before).
+
+    The launch is recorded (a ``starting`` row naming this process) before the server starts
+    and gets the server's handle as soon as it exists, so a deployer killed halfway leaves a
+    row that whoever comes next finds orphaned and cleans up (see :func:`clean_orphans`).
+    """
+    deadline = time.monotonic() + PORT_RELEASE_S
+    while port_in_use(spec.port) and time.monotonic() < deadline:
+        time.sleep(0.1)  # a server that just died may hold its port for a moment
     ensure_port_free(spec.port)
+    store = Store()
+    launcher = {"launcher": _launcher()}
+    launch_id = store.add_deployment(
+        name=spec.name,
+        version=routing.stable,
+        runtime=backend.name,
+        state="starting",
+        url=local_url(spec.port),
+        port=spec.port,
+        token=spec.token,
+        handle=launcher,
+        settings=spec.settings,
+        owner=session_owner(),
+    )
     write_routing(routing)
     handle = None
     try:
         emit(progress, "launch", f"starting {spec.name} on the {backend.name} runtime")
         handle = backend.start(spec)
+        store.update_deployment(launch_id, handle={**handle.to_dict(), **launcher})
         backend.wait_ready(handle, timeout=timeout)
     except BaseException as exc:
         if handle is not None:
             backend.stop(handle, timeout=5)
         if current is not None:
             write_routing(current)
-        store = Store()
+        store.update_deployment(launch_id, state="failed")
         if rows:
             store.retire_all(spec.name, "failed")
         store.add_event(spec.name, "failed", f"the server did not start: {exc}")
         if isinstance(exc, NbdeployError):
             raise
         raise DeployError(f"could not start {spec.name}'s server: {exc}") from exc
-    return handle
+    return handle, launch_id
+
+
+def _launcher() -> dict[str, Any]:
+    """This process, as a starting row names it: pid and start time on this host."""
+    pid = os.getpid()
+    return {"pid": pid, "started": _procs.start_time(pid), "host": socket.gethostname()}
+
+
+def clean_orphans(name: str | None = None) -> list[int]:
+    """Stop servers whose deployer died before recording them, and mark their rows failed;
+    return those rows' ids. A launch whose deployer still runs is left alone."""
+    store = Store()
+    cleaned = []
+    for row in store.deployments(name=name, states=("starting",)):
+        launcher = row.handle.get("launcher") or {}
+        if launcher.get("host") == socket.gethostname() and launcher.get("pid"):
+            if _procs.alive(int(launcher["pid"]), launcher.get("started")):
+                continue
+        elif launcher.get("host") not in (None, socket.gethostname()):
+            continue  # another machine's launch (a shared home): not ours to judge
+        if "ref" in row.handle:
+            _stop_handle(row.runtime, RuntimeHandle.from_dict(row.handle), row.name)
+        store.update_deployment(row.id, state="failed")
+        store.add_event(
+            row.name,
+            "orphan",
+            f"a launch of version {row.version} whose deployer died halfway was stopped",
+        )
+        cleaned.append(row.id)
+    return cleaned
 
 
 def _stop_handle(kind: str, handle: RuntimeHandle, name: str) -> None:
@@ -668,11 +794,13 @@ def stop(record: Deployment) -> list[int]:
 
 def active() -> list[Deployment]:
     """Every running name, as the record of its stable version."""
+    clean_orphans()
     names = sorted({row.name for row in Store().deployments()})
     return [record for name in names if (record := _stable_record(name)) is not None]
 
 
 def current_record(name: str) -> Deployment:
+    clean_orphans(name)
     record = _stable_record(name)
     if record is None:
         raise DeployError(f"no active deployment named {name!r}; running: {_running_names()}")
@@ -700,6 +828,7 @@ def undeploy(name: str) -> list[int]:
     """Stop the name's server; return the versions it held."""
     store = Store()
     with name_lock(check_name(name)):
+        clean_orphans(name)
         rows = store.deployments(name=name, states=("active", "starting"))
         if not rows:
             raise DeployError(f"no active deployment named {name!r}; running: {_running_names()}")
@@ -708,6 +837,7 @@ def undeploy(name: str) -> list[int]:
         store.retire_all(name)
         versions = sorted({row.version for row in rows})
         store.add_event(name, "stopped", f"versions {versions} stopped")
+    _sync_monitoring(name)
     return versions
 
 
@@ -722,7 +852,7 @@ def _admin(name: str, timeout: float = 2.0) -> tuple[Deployment, AdminClient, Ro
         return None
     return (
         rows[0],
-        AdminClient(rows[0].url, route["admin_token"], timeout),
+        AdminClient(rows[0].url, route["admin_token"], timeout, name=name),
         Routing.from_json(route["routing"]),
     )
 
@@ -863,3 +993,51 @@ def compare(
         )
     finally:
         v2.close()
+
+
+def stats(name: str, window: float = 60.0) -> StatsReport:
+    """Request rate, errors, latency quantiles, batching and the split between versions over
+    the last ``window`` seconds, from the counters the name's server samples every second."""
+    from nbdeploy.telemetry import from_series
+
+    if isinstance(window, bool) or not isinstance(window, int | float) or not 1 <= window <= 600:
+        raise InputError(f"window must be a number of seconds from 1 to 600; got {window!r}")
+    found = _admin(check_name(name))
+    if found is None:
+        raise DeployError(f"no active deployment named {name!r}; running: {_running_names()}")
+    return from_series(name, found[1].series(window))
+
+
+def drift_flag(name: str) -> str | None:
+    """``input[20] PSI 0.41`` when the stable version's worst feature crossed the drift
+    threshold, else None (also when the server did not answer: a flag is never made up)."""
+    try:
+        found = drift(name)
+    except NbdeployError:
+        return None
+    worst = found.worst
+    if worst is None or worst.flag != "drift":
+        return None
+    return f"{worst.feature} PSI {worst.psi:.2f}"
+
+
+def drift(name: str, version: int | None = None) -> DriftReport:
+    """How far the inputs and outputs a version (the stable one by default) answered lately
+    are from the reference recorded at deploy time, feature by feature, worst first."""
+    from nbdeploy.drift_profile import report
+
+    found = _admin(check_name(name))
+    if found is None:
+        raise DeployError(f"no active deployment named {name!r}; running: {_running_names()}")
+    _, client, routing = found
+    chosen = routing.stable if version is None else _version_arg(version)
+    if chosen not in routing.versions:
+        raise InputError(f"{name} holds versions {routing.versions}; not {chosen}")
+    profile = ModelRepository().get(name, chosen).metadata.get("profile")
+    if not profile:
+        raise DeployError(
+            f"{name} v{chosen} has no reference profile: it was deployed without data to"
+            " profile; deploy it with sample= (and calibration= for a reliable reference)"
+        )
+    live = (client.drift().get("versions") or {}).get(str(chosen)) or {}
+    return report(name, chosen, profile, live)

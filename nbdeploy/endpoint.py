@@ -53,6 +53,13 @@ class Endpoint:
         return RuntimeHandle.from_dict(self.record.handle)
 
     @property
+    def grpc_url(self) -> str | None:
+        """``127.0.0.1:PORT`` of the same server's V2 gRPC service (what
+        ``tritonclient.grpc.InferenceServerClient`` takes), None when it has none."""
+        port = self.record.handle.get("grpc_port")
+        return f"127.0.0.1:{port}" if port else None
+
+    @property
     def headers(self) -> dict[str, str]:
         """Headers any HTTP client needs for the model routes (the bearer token, if any)."""
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -80,7 +87,7 @@ class Endpoint:
         """``running``, ``starting``, ``restarting``, ``exited`` or ``missing``, asked live."""
         try:
             return self._runtime().status(self.handle)
-        except DeployError:
+        except (DeployError, KeyError, ValueError, TypeError):  # gone, or a row without a handle
             return "missing"
 
     def metadata(self) -> dict[str, Any]:
@@ -164,6 +171,8 @@ class Endpoint:
             demo_url=demo_url(self.name),
             versions=versions,
             guard=guard,
+            network=self.record.handle.get("network"),
+            drift=deployment.drift_flag(self.name),
         )
 
     def _artifact_or_none(self) -> Any:

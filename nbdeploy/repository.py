@@ -23,7 +23,7 @@ from nbdeploy.artifact import METADATA_FILE, ModelArtifact, write_json_atomic
 from nbdeploy.store import Store
 from nbdeploy.vocabulary import check_name
 
-READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+READ_ONLY = stat.S_IRUSR | stat.S_IRGRP
 
 
 class ModelRepository:
@@ -71,7 +71,7 @@ class ModelRepository:
                 write_json_atomic(staging / METADATA_FILE, record.to_dict())
                 for child in staging.iterdir():
                     child.chmod(READ_ONLY)
-                staging.chmod(0o755)  # the container's server user reads it through a mount
+                staging.chmod(0o750)  # the container's server user reads it through the group
                 final = model_root / str(version)
                 os.rename(staging, final)
                 try:

@@ -27,7 +27,7 @@ class PruneReport:
     """What ``prune`` removed (or would remove, with ``dry_run``) and what it kept, and why."""
 
     removed: list[dict[str, Any]] = field(default_factory=list)
-    """``{"name", "version", "what", "bytes"}``; ``what`` is version, image or demo."""
+    """``{"name", "version", "what", "bytes"}``; ``what`` is version, image, log or demo."""
     kept: list[dict[str, Any]] = field(default_factory=list)
     """``{"name", "version", "why"}``."""
     freed_bytes: int = 0
@@ -105,7 +105,8 @@ def remove(name: str, version: int | None = None, *, force: bool = False) -> lis
 
 def prune(*, keep: int = 2, dry_run: bool = False) -> PruneReport:
     """Remove versions that serve nothing and are not among the ``keep`` newest of their
-    name, model images no container uses, and demo files of names that serve nothing."""
+    name, model images no container uses, logs of stopped servers and demo files of names that
+    serve nothing."""
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
         raise InputError(f"keep must be a whole number of versions, 0 or more; got {keep!r}")
     store = Store()
@@ -135,6 +136,13 @@ def prune(*, keep: int = 2, dry_run: bool = False) -> PruneReport:
         report.freed_bytes += image["bytes"]
         if not dry_run:
             _remove_image(image["id"])
+    for directory in _stopped_run_dirs():
+        size = _directory_size(directory)
+        name = directory.name.rsplit("-", 2)[0]
+        report.removed.append({"name": name, "version": None, "what": "log", "bytes": size})
+        report.freed_bytes += size
+        if not dry_run:
+            shutil.rmtree(directory, ignore_errors=True)
     running = {row.name for row in store.deployments()}
     for path in sorted(_settings.demos_dir().iterdir()):
         demo_name = next(
@@ -148,6 +156,16 @@ def prune(*, keep: int = 2, dry_run: bool = False) -> PruneReport:
         if not dry_run:
             _remove_demo(demo_name)
     return report
+
+
+def _stopped_run_dirs() -> list[Path]:
+    """Run directories of servers that were stopped (their pidfile is gone): only logs."""
+    from nbdeploy.runtimes.process import PIDFILE
+
+    root = _settings.home() / "run"
+    if not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if d.is_dir() and not (d / PIDFILE).exists())
 
 
 def _delete_version(store: Store, name: str, version: int) -> None:

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import json
 import os
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from nbdeploy import _settings
 from nbdeploy._errors import DeployError, InputError
@@ -146,10 +146,11 @@ def _whole(value: Any, what: str) -> int:
 
 
 def serving_dir(name: str) -> Path:
-    """``NBDEPLOY_HOME/serving/<name>/``, readable by the container's user."""
+    """``NBDEPLOY_HOME/serving/<name>/``, readable by its owner and the owner's group (the
+    container's server user is given that group, see the docker runtime)."""
     path = _settings.home() / "serving" / check_name(name)
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o755)
+    path.mkdir(mode=0o750, parents=True, exist_ok=True)
+    path.chmod(0o750)
     return path
 
 
@@ -166,7 +167,7 @@ def write_routing(routing: Routing) -> Path:
             json.dump(routing.to_json(), handle, indent=2)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, 0o640)
         os.replace(temporary, directory / ROUTING_FILE)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -195,15 +196,14 @@ def name_lock(name: str) -> Iterator[None]:
 
 @dataclass
 class AdminClient:
-    """The server's ``/nbdeploy/*`` routes, with its admin token; never through a proxy."""
+    """The server's ``/nbdeploy/*`` routes, with its admin token: straight to the server (no
+    proxy from the environment), and only once the process on the port proved it holds that
+    token (the identity challenge), so the token never reaches another process."""
 
     url: str
     token: str
     timeout: float = 5.0
-    _opener: Any = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    name: str | None = None
 
     def routing(self) -> dict[str, Any]:
         return self._call("GET", "/nbdeploy/routing")
@@ -211,23 +211,64 @@ class AdminClient:
     def stats(self) -> dict[str, Any]:
         return self._call("GET", "/nbdeploy/stats")
 
+    def series(self, window: float) -> dict[str, Any]:
+        return self._call("GET", f"/nbdeploy/series?window={int(window)}")
+
+    def drift(self) -> dict[str, Any]:
+        return self._call("GET", "/nbdeploy/drift")
+
     def reload(self, timeout: float = ADMIN_TIMEOUT_S) -> dict[str, Any]:
         return self._call("POST", "/nbdeploy/reload", timeout=timeout)
 
     def _call(self, method: str, path: str, timeout: float | None = None) -> dict[str, Any]:
-        request = urllib.request.Request(
-            self.url + path,
-            method=method,
-            data=b"" if method == "POST" else None,
-            headers={"Authorization": f"Bearer {self.token}"},
+        parsed = urlsplit(self.url)
+        connection = _ProvenConnection(
+            parsed.hostname or "127.0.0.1",
+            parsed.port,
+            timeout or self.timeout,
+            self.token,
+            self.name,
         )
         try:
-            with self._opener.open(request, timeout=timeout or self.timeout) as response:
-                return dict(json.loads(response.read()))
-        except urllib.error.HTTPError as exc:
-            raise AdminError(exc.code, _error_text(exc)) from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+            connection.request(
+                method,
+                path,
+                body=b"" if method == "POST" else None,
+                headers={"Authorization": f"Bearer {self.token}"},
+            )
+            response = connection.getresponse()
+            body = response.read()
+        except DeployError:
+            raise
+        except (OSError, http.client.HTTPException) as exc:
             raise DeployError(f"the server at {self.url} did not answer {path}: {exc}") from None
+        finally:
+            connection.close()
+        if response.status >= 400:
+            raise AdminError(response.status, _error_text(body, response.status))
+        try:
+            return dict(json.loads(body))
+        except ValueError as exc:
+            raise DeployError(f"the server at {self.url} answered {path} with {exc}") from None
+
+
+class _ProvenConnection(http.client.HTTPConnection):
+    """A connection whose socket is used only after the server proved it holds the token."""
+
+    def __init__(
+        self, host: str, port: int | None, timeout: float, token: str, name: str | None
+    ) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._token, self._name = token, name
+
+    def connect(self) -> None:
+        from nbdeploy.client import prove_identity_on_socket
+
+        super().connect()
+        assert self.sock is not None
+        prove_identity_on_socket(
+            self.sock, self.host, self.port, self._token, self._name, key="admin_proof"
+        )
 
 
 class AdminError(DeployError):
@@ -238,9 +279,9 @@ class AdminError(DeployError):
         self.status = status
 
 
-def _error_text(exc: urllib.error.HTTPError) -> str:
+def _error_text(body: bytes, status: int) -> str:
     try:
-        body = json.loads(exc.read())
-        return str(body.get("error") or body)
-    except (ValueError, OSError, AttributeError):
-        return f"HTTP {exc.code}"
+        found = json.loads(body)
+        return str(found.get("error") or found)
+    except (ValueError, AttributeError):
+        return f"HTTP {status}"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy import _settings
+from nbdeploy._errors import NbdeployError
 from nbdeploy.vocabulary import Deployment, DeploymentState, ServerSettings
 
 SCHEMA = """
@@ -86,6 +87,16 @@ ADDED_COLUMNS = {
 }
 
 
+# How long one SQLite call waits for the file, and how long a write waits in all: a write that
+# cannot get the database in that time fails with a clear message instead of hanging.
+BUSY_TIMEOUT_S = 2.0
+LOCK_WAIT_S = 10.0
+
+
+class StoreBusyError(NbdeployError):
+    """Another process held the store's write lock for longer than ``LOCK_WAIT_S``."""
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -116,10 +127,13 @@ class Store:
             conn.close()
 
     def _create_schema(self) -> None:
-        """WAL mode, then the tables and any columns added since, under the write lock."""
+        """WAL mode, then the tables and any columns added since, under the write lock; the
+        file holds bearer tokens, so only its owner may read it (SQLite gives its -wal and
+        -shm files the same mode)."""
         conn = self._connect()
+        self.path.chmod(0o600)
         try:
-            _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+            _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"), self.path)
         finally:
             conn.close()
         with self.transaction() as conn:
@@ -129,9 +143,9 @@ class Store:
             _add_missing_columns(conn)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         conn.execute("PRAGMA foreign_keys=ON")
         return conn
 
@@ -140,7 +154,7 @@ class Store:
         """A write transaction that holds the database's write lock from its first statement."""
         conn = self._connect()
         try:
-            _retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+            _retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"), self.path)
             try:
                 yield conn
             except BaseException:
@@ -242,6 +256,7 @@ class Store:
         admin_token: str,
         server: dict[str, Any],
         guard_reason: str | None = None,
+        launch_id: int | None = None,
     ) -> list[Deployment]:
         """Record in one transaction what a name's server now holds: an active row for every
         version in ``routing``, the others retired, every row on ``server`` (runtime, url,
@@ -261,6 +276,20 @@ class Store:
                 "SELECT id, version FROM deployments WHERE name = ? AND state = 'active'", (name,)
             ).fetchall()
             present = {int(row["version"]) for row in rows}
+            if launch_id is not None:  # a new server: its launch row becomes the stable's row
+                conn.execute(
+                    "UPDATE deployments SET state = 'retired', updated_at = ?"
+                    " WHERE name = ? AND state = 'active'",
+                    (stamp, name),
+                )
+                conn.execute(
+                    "UPDATE deployments SET state = 'active', updated_at = ? WHERE id = ?",
+                    (stamp, launch_id),
+                )
+                rows = conn.execute(
+                    "SELECT id, version FROM deployments WHERE id = ?", (launch_id,)
+                ).fetchall()
+                present = {int(row["version"]) for row in rows}
             for row in rows:
                 if int(row["version"]) not in versions:
                     conn.execute(
@@ -334,6 +363,18 @@ class Store:
             (name,),
         )
         return int(rows[0]["port"]) if rows else None
+
+    def last_grpc_port(self, name: str) -> int | None:
+        """The gRPC port the name's server last had (kept in its handle)."""
+        rows = self._query(
+            "SELECT handle FROM deployments WHERE name = ? AND handle LIKE '%grpc_port%'"
+            " ORDER BY id DESC LIMIT 1",
+            (name,),
+        )
+        if not rows:
+            return None
+        port = json.loads(rows[0]["handle"]).get("grpc_port")
+        return int(port) if port else None
 
     def forget_version(self, name: str, version: int) -> None:
         """Drop a removed version's rows (its files are gone; its events stay)."""
@@ -414,16 +455,24 @@ class Store:
         )
 
 
-def _retry_locked(statement: Callable[[], Any], attempts: int = 50) -> None:
+def _retry_locked(statement: Callable[[], Any], path: Path) -> None:
     """Run a statement that SQLite may refuse with "database is locked" while another process
-    holds the file (the busy timeout does not cover every case), retrying for a few seconds."""
-    for attempt in range(attempts):
+    holds the file (the busy timeout does not cover every case), retrying until
+    ``LOCK_WAIT_S`` have passed in all; then say which file is held instead of waiting on."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
         try:
             statement()
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == attempts - 1:
+            if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
+            if time.monotonic() >= deadline:
+                raise StoreBusyError(
+                    f"the nbdeploy store {path} stayed locked by another process for more than"
+                    f" {LOCK_WAIT_S:.0f} s; nothing was changed. Retry when the other nbdeploy"
+                    " command (a deploy, a benchmark saving its results) has finished"
+                ) from None
             time.sleep(0.05)
 
 

@@ -103,6 +103,14 @@ class ServerSettings:
     cpus: float | None = None
     memory: str | None = "1g"
     threads: int | None = None
+    memory_budget_bytes: int | None = None
+    """What decoded requests may hold at once; default: 40% of the memory the server is given."""
+    max_concurrency: int | None = None
+    """Inference requests in flight before the server answers 503; default: the server's."""
+    request_timeout_s: float | None = None
+    """A request not answered in time gets a 504; default: the server's."""
+    log_requests: float | None = None
+    """The fraction of answered requests the server logs with their answers (None: off)."""
 
     def server_args(self) -> list[str]:
         """Tuning flags for ``python -m nbdeploy.serve``, shared by every runtime."""
@@ -117,6 +125,14 @@ class ServerSettings:
         threads = self.threads or (max(1, int(self.cpus)) if self.cpus else None)
         if threads:
             args += ["--threads", str(threads)]
+        for flag, value in (
+            ("--memory-budget-bytes", self.memory_budget_bytes),
+            ("--max-concurrency", self.max_concurrency),
+            ("--request-timeout-s", self.request_timeout_s),
+            ("--log-requests", self.log_requests),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
         return args
 
     def to_dict(self) -> dict[str, Any]:
@@ -265,6 +281,16 @@ class DeploymentView:
     """Every version the name's server holds, stable first, with its share of traffic."""
     guard: str | None = None
     """Why a guard sent traffic back to the stable version, since the last deploy or promote."""
+    network: str | None = None
+    """A container's network mode (``host`` or ``bridge``), None for a local process."""
+    drift: str | None = None
+    """When the stable version's live inputs or outputs drifted from its reference: the worst
+    feature and its score (``input[20] PSI 0.41``); None when nothing crossed the threshold."""
+
+    @property
+    def runtime_text(self) -> str:
+        """``docker (host network)``: the runtime, and a container's network, as surfaces say it."""
+        return f"{self.runtime} ({self.network} network)" if self.network else self.runtime
 
     @property
     def traffic(self) -> dict[int, int]:

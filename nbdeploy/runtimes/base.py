@@ -97,6 +97,10 @@ class LaunchSpec:
     versions: dict[int, str]
     settings: ServerSettings = field(default_factory=ServerSettings)
     progress: Progress | None = None
+    request_log_dir: Path | None = None
+    """Where the server appends its sampled request log (with ``settings.log_requests``)."""
+    grpc_port: int | None = None
+    """Where the same server speaks V2 over gRPC (None: not at all)."""
 
     def say(self, line: str) -> None:
         emit(self.progress, "launch", line)
@@ -130,6 +134,12 @@ class RuntimeHandle:
     log_path: str | None = None
     environment: list[str] = field(default_factory=list)
     """The server's :func:`environment_of`, to know when a new version needs a new server."""
+    started: str | None = None
+    """The process's start time (``/proc/<pid>/stat``), so a recycled pid is never signalled."""
+    network: str | None = None
+    """A container's network mode; surfaces show it, since ``host`` shares the host's."""
+    grpc_port: int | None = None
+    """The server's V2 gRPC port, None when it has none."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,10 +191,14 @@ def ensure_port_free(port: int) -> None:
         )
 
 
+# Local servers are asked directly: an HTTP_PROXY in the environment never sees the probes.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def probe_ready(url: str, timeout: float = 0.5) -> bool:
     """True when the server at ``url`` answers its readiness route with 200."""
     try:
-        with urllib.request.urlopen(url + READY_PATH, timeout=timeout) as response:
+        with _DIRECT.open(url + READY_PATH, timeout=timeout) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Any
 
 from nbdeploy._errors import DeployError
@@ -35,7 +36,7 @@ NETWORK_MODES = ("host", "bridge")
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
 DEFAULT_RESTART = "unless-stopped"
 PIDS_LIMIT = 256
-TMPFS = {"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"}
+TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=64m,mode=1777"}
 RUNTIME_TIMEOUT_S = 60
 
 
@@ -64,6 +65,7 @@ def restart_policy() -> dict[str, str]:
 
 
 SERVING_MOUNT = "/serving"
+REQUESTS_MOUNT = "/requests"
 
 
 def container_name(name: str) -> str:
@@ -102,7 +104,7 @@ class DockerRuntime(Runtime):
         self._remove_stale(name)
         models = spec.models_root / spec.name
         for directory in (models, *(f.directory for f in files)):
-            directory.chmod(0o755)  # read through the mount by the container's user
+            directory.chmod(0o750)  # read through the mount by the container's user's group
         options: dict[str, Any] = {
             "command": [
                 *spec.settings.server_args(),
@@ -112,6 +114,9 @@ class DockerRuntime(Runtime):
             "detach": True,
             "name": name,
             "user": str(USER_ID),
+            # The mounted model and routing files are the host user's, readable by their
+            # group only (NBDEPLOY_HOME is private): the server joins that group to read them.
+            "group_add": [str(os.getgid())],
             "read_only": True,
             "tmpfs": TMPFS,
             "cap_drop": ["ALL"],
@@ -135,8 +140,16 @@ class DockerRuntime(Runtime):
             },
             "network_mode": mode,
         }
+        if spec.request_log_dir is not None:
+            options["volumes"][str(spec.request_log_dir)] = {"bind": REQUESTS_MOUNT, "mode": "rw"}
+            options["command"] += ["--request-log-dir", REQUESTS_MOUNT]
+        if spec.grpc_port is not None:
+            ensure_port_free(spec.grpc_port)
+            options["command"] += ["--grpc-port", str(spec.grpc_port)]
         if mode != "host":
             options["ports"] = {f"{spec.port}/tcp": ("127.0.0.1", spec.port)}
+            if spec.grpc_port is not None:
+                options["ports"][f"{spec.grpc_port}/tcp"] = ("127.0.0.1", spec.grpc_port)
         if spec.settings.memory:
             options["mem_limit"] = spec.settings.memory
         if spec.settings.cpus:
@@ -157,6 +170,8 @@ class DockerRuntime(Runtime):
             port=spec.port,
             url=local_url(spec.port),
             environment=list(environment_of(files)),
+            network=mode,
+            grpc_port=spec.grpc_port,
         )
 
     def stop(self, handle: RuntimeHandle, timeout: float = 10) -> None:
@@ -167,6 +182,7 @@ class DockerRuntime(Runtime):
             return
         try:
             container.stop(timeout=int(max(1, timeout)))
+            _keep_log(handle, container)
             container.remove(force=True)
         except docker.errors.NotFound:
             return
@@ -218,6 +234,15 @@ class DockerRuntime(Runtime):
                 "stop that deployment first"
             )
         existing.remove(force=True)
+
+
+def _keep_log(handle: RuntimeHandle, container: Any) -> None:
+    """The removed container's log, kept under ``NBDEPLOY_HOME/run/`` until ``prune``."""
+    from nbdeploy.runtimes.process import LOGFILE, run_root
+
+    directory = run_root() / f"{handle.name}-{handle.port}-{time.time_ns()}"
+    directory.mkdir(mode=0o700, parents=True)
+    (directory / LOGFILE).write_bytes(container.logs(stdout=True, stderr=True, tail=10_000))
 
 
 RUNTIME = DockerRuntime

@@ -48,6 +48,7 @@ SERVER_PACKAGES: tuple[str, ...] = (
     "httptools",
     "uvloop",
     "prometheus-client",
+    "grpcio",
 )
 TARGET_PYTHON = "3.11"
 # Debian bookworm (both base images) has glibc 2.36: every manylinux tag up to it fits.

@@ -1,8 +1,9 @@
 """The embedded runtime: the very same server as a local subprocess, for machines without Docker.
 
-Each launch gets a run directory ``NBDEPLOY_HOME/run/<name>-<port>/`` holding the server's log
-and a small JSON pidfile, so a restarted kernel can find the server again and never kills a
-recycled pid. The server reads the model repository and the name's routing file in place.
+Each launch gets a run directory ``NBDEPLOY_HOME/run/<name>-<port>-<ns>/`` holding the server's
+log and a small JSON pidfile (pid and start time, also kept in the handle), so a restarted
+kernel can find the server again and never kills a recycled pid. Stopping a server removes
+its pidfile and keeps its log, for after a crash, until ``prune``. The server reads the model repository and the name's routing file in place.
 
 A server holding only ONNX models runs with this interpreter. One holding a Python model never does: it runs in a
 virtual environment made from the same wheelhouses as its image (the server's packages and the
@@ -19,6 +20,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,10 +64,8 @@ class ProcessRuntime(Runtime):
         if needs_venv:
             requirements = sorted({r for f in files for r in f.requirements})
             python = str(python_environment(requirements, spec.progress))
-        run_dir = run_root() / f"{spec.name}-{spec.port}"
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
+        run_dir = run_root() / f"{spec.name}-{spec.port}-{time.time_ns()}"
+        run_dir.mkdir(mode=0o700, parents=True)
         if needs_venv:
             import_path = str(_server_sources(run_dir / "app"))
         else:
@@ -85,6 +85,11 @@ class ProcessRuntime(Runtime):
             str(spec.port),
             *spec.settings.server_args(),
         ]
+        if spec.request_log_dir is not None:
+            command += ["--request-log-dir", str(spec.request_log_dir)]
+        if spec.grpc_port is not None:
+            ensure_port_free(spec.grpc_port)
+            command += ["--grpc-port", str(spec.grpc_port)]
         where = "in a virtual environment" if needs_venv else "as a local process"
         spec.say(f"starting the {spec.name} server {where} on port {spec.port}")
         pid, started = _procs.spawn(
@@ -102,24 +107,30 @@ class ProcessRuntime(Runtime):
             url=local_url(spec.port),
             log_path=str(log_path),
             environment=list(environment),
+            started=started,
+            grpc_port=spec.grpc_port,
         )
         record = {"handle": handle.to_dict(), "start_time": started}
         (run_dir / PIDFILE).write_text(json.dumps(record, indent=2))
         return handle
 
     def stop(self, handle: RuntimeHandle, timeout: float = 10) -> None:
-        pid = int(handle.ref)
-        if _procs.alive(pid, _recorded_start_time(handle)):
-            _procs.terminate(pid, timeout=timeout)
+        """Stop the server if the pid is still the process that was started (never a recycled
+        pid: without a known start time nothing is signalled); its log stays until prune."""
+        started = handle.started or _recorded_start_time(handle)
+        if started is not None and _procs.alive(int(handle.ref), started):
+            _procs.terminate(int(handle.ref), timeout=timeout)
         run_dir = _run_dir(handle)
         if run_dir is not None:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            (run_dir / PIDFILE).unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "app", ignore_errors=True)
 
     def status(self, handle: RuntimeHandle) -> ServerStatus:
         run_dir = _run_dir(handle)
         if run_dir is None or not (run_dir / PIDFILE).is_file():
             return "missing"
-        if not _procs.alive(int(handle.ref), _recorded_start_time(handle)):
+        started = handle.started or _recorded_start_time(handle)
+        if started is None or not _procs.alive(int(handle.ref), started):
             return "exited"
         return "running" if probe_ready(self.address(handle)) else "starting"
 

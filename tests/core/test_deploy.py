@@ -156,6 +156,10 @@ def test_blue_green_switch_under_load(
     thread = threading.Thread(target=client_loop)
     thread.start()
     try:
+        for _ in range(500):
+            if len(seen) >= 3 or failures:
+                break
+            threading.Event().wait(0.02)
         second = nbd.deploy(v2_path, name="bg", runtime=runtime)
         for _ in range(200):
             if len(seen) > 20 and np.allclose(seen[-1], expected(v2_path), atol=1e-5):
@@ -210,14 +214,14 @@ def test_two_deploys_racing_for_one_name(onnx_file: Path, nbdeploy_home: Path, c
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
         versions.append(int(out.strip()))
-    assert sorted(versions) == [1, 2]
+    assert sorted(versions) in ([1, 2], [2, 2])  # v1's deploy, if it ends last, serves v2
+    assert [row["version"] for row in nbd.models("race")] == [2, 1]
     active = Store().deployments(name="race")
-    assert len(active) == 1
+    assert [row.version for row in active] == [2]
     winner = nbd.get("race")
-    assert winner.status == "running"
+    assert winner.version == 2 and winner.status == "running"
     np.testing.assert_allclose(winner.predict(X), expected(onnx_file), atol=1e-5)
-    loser = [row for row in Store().deployments(name="race", states=("retired",))]
-    assert len(loser) == 1
+    assert Store().deployments(name="race", states=("starting",)) == []
 
 
 def test_torch_model_with_int8(cleanup) -> None:

@@ -163,8 +163,32 @@ def test_process_runtime_serves_restarts_nothing_and_stops(tiny, started) -> Non
 
     runtime.stop(handle, timeout=5)
     assert runtime.status(handle) == "missing"
-    assert not list(run_root().glob("tiny-*"))
-    assert runtime.logs(handle) == ""
+    assert not list(run_root().glob("tiny-*/handle.json"))
+    assert "listening on" in runtime.logs(handle)  # the dead server's log stays until prune
+
+
+def test_process_stop_never_signals_a_recycled_pid(tiny, started) -> None:
+    """A handle whose pid now belongs to another process (or whose start time is unknown)
+    is not signalled: stop() leaves that process alone."""
+    import subprocess
+    import sys
+
+    runtime = ProcessRuntime()
+    handle = launch(runtime, tiny)
+    started.append((runtime, handle))
+    runtime.wait_ready(handle, timeout=120)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for impostor in (
+            RuntimeHandle(**{**handle.to_dict(), "ref": str(bystander.pid)}),
+            RuntimeHandle(**{**handle.to_dict(), "ref": str(bystander.pid), "started": None}),
+        ):
+            (Path(impostor.log_path).parent / "handle.json").unlink(missing_ok=True)
+            runtime.stop(impostor, timeout=2)
+            assert bystander.poll() is None, "stop() signalled a process it did not start"
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 def test_process_stop_is_graceful_and_frees_the_port(tiny, started) -> None:
