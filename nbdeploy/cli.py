@@ -108,8 +108,10 @@ def _split(versions: Sequence[dict[str, Any]]) -> str:
 
 
 def _list_columns(views: Sequence[dict[str, Any]]) -> tuple[str, ...]:
-    """The listing's columns, with ``guard`` only when a guard took some canary's traffic back."""
-    return (*LIST_COLUMNS, "guard") if any(v.get("guard") for v in views) else LIST_COLUMNS
+    """The listing's columns, with ``guard`` only when a guard took some canary's traffic back
+    and ``drift`` only when some deployment's live data drifted from its reference."""
+    extra = tuple(key for key in ("guard", "drift") if any(v.get(key) for v in views))
+    return (*LIST_COLUMNS, *extra)
 
 
 def _latency_cells(view: dict[str, Any]) -> dict[str, Any]:
@@ -117,6 +119,8 @@ def _latency_cells(view: dict[str, Any]) -> dict[str, Any]:
     (not over HTTP on the endpoint); None (printed ``-``) when nothing was measured."""
     cells = dict(view)
     cells["traffic"] = _split(view.get("versions") or []) or None
+    if view.get("network"):
+        cells["runtime"] = f"{view['runtime']} ({view['network']} network)"
     for key in ("p50_ms", "p99_ms"):
         text = _format.ms(view.get(key))
         if text and view.get("latency_source") == "in-process":
@@ -178,7 +182,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     )
     view = endpoint.view()
     if args.json:
-        _print_json({**view.to_dict(), "token": endpoint.token})
+        _print_json(view.to_dict())
         return 0
     deployed = max((v.version for v in view.versions), default=view.version)
     print(f"{endpoint.name} v{deployed} is serving at {endpoint.url}")
@@ -187,7 +191,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if len(serving) > 1:
         print(f"  traffic: {_traffic_line(serving)}")
     if endpoint.token:
-        print(f"  token: {endpoint.token}")
+        print(f"  token: nbdeploy token {endpoint.name}  (or $NBDEPLOY_TOKEN in scripts)")
     return 0
 
 
@@ -230,6 +234,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_json(info)
     else:
         print(_table([_latency_cells(info)], _list_columns([info])))
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a deployment's bearer token, only when asked: nothing else prints it."""
+    import nbdeploy.api as api
+
+    token = api.get(args.name).token
+    if token is None:
+        print(f"{args.name} was deployed without a token (--no-auth)", file=sys.stderr)
+        return 1
+    print(token)
     return 0
 
 
@@ -328,6 +344,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitoring(args: argparse.Namespace) -> int:
+    """``nbdeploy monitoring up|down|status|grafana``: the Prometheus nbdeploy runs, and Grafana."""
+    import nbdeploy.api as api
+
+    if args.action == "grafana":
+        print(api.monitoring_grafana())
+        return 0
+    if args.action == "down":
+        stopped = api.monitoring_down()
+        print("stopped Prometheus" if stopped else "Prometheus was not running")
+        return 0
+    status = (
+        api.monitoring_up(port=args.port) if args.action == "up" else api.monitoring_status()
+    ).to_dict()
+    if args.json:
+        _print_json(status)
+        return 0
+    if not status["running"]:
+        print("Prometheus is not running (start it with: nbdeploy monitoring up)")
+    else:
+        how = "started" if status["started"] else "running"
+        print(f"Prometheus {how} at {status['url']} (pid {status['pid']})")
+    health = status["health"]
+    targets = [f"{name} ({health.get(name, 'pending')})" for name in status["targets"]]
+    print(f"  targets: {', '.join(targets) if targets else 'none (no deployment is running)'}")
+    print(f"  config: {status['files']['config']}")
+    if status["running"]:
+        print("  Grafana dashboard: nbdeploy monitoring grafana")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from nbdeploy.quickstart import run_quickstart
 
@@ -403,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=cmd_status)
 
+    token = sub.add_parser(
+        "token",
+        help="print a deployment's bearer token (e.g. export NBDEPLOY_TOKEN=$(nbdeploy token N))",
+    )
+    token.add_argument("name")
+    token.set_defaults(handler=cmd_token)
     logs = sub.add_parser("logs", help="print a deployment's server log")
     logs.add_argument("name")
     logs.add_argument("--tail", type=int, default=200, help="number of lines (default 200)")
@@ -480,6 +533,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--stop", action="store_true", help="stop the demo server instead")
     demo.set_defaults(handler=cmd_demo)
+
+    monitoring = sub.add_parser(
+        "monitoring",
+        help="run a Prometheus that scrapes every deployment; write a Grafana dashboard",
+    )
+    monitoring.add_argument(
+        "action",
+        choices=("up", "down", "status", "grafana"),
+        help="up: start (or report) Prometheus on 127.0.0.1; down: stop it; status: what it"
+        " scrapes; grafana: print how to point a Grafana at the dashboard",
+    )
+    monitoring.add_argument(
+        "--port", type=int, default=None, help="up: port on 127.0.0.1 (default: 9090 or a free one)"
+    )
+    monitoring.add_argument("--json", action="store_true", help="up/status: print JSON")
+    monitoring.set_defaults(handler=cmd_monitoring)
 
     quick = sub.add_parser(
         "quickstart", help="train a digits CNN, export, quantize, benchmark and deploy it"

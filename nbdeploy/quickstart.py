@@ -138,7 +138,7 @@ def run_quickstart(
         f"{endpoint.name} v{endpoint.version} ({chosen.variant}, {endpoint.runtime} runtime) is serving:"
     )
     out(f"  endpoint: {endpoint.url}/v2/models/{endpoint.name}")
-    out(f"  token:    {endpoint.token}")
+    out(f"  token:    nbdeploy token {name}  (export NBDEPLOY_TOKEN=$(nbdeploy token {name}))")
     out(f"  demo:     {demo.url}")
     out(f"  try:      nbdeploy status {name}  |  nbdeploy logs {name}  |  nbdeploy stop {name}")
     out(f"            nbdeploy demo {name} --stop")

@@ -40,6 +40,8 @@ export interface IDeployment {
   demo_url: string | null;
   versions: IVersionView[];
   guard: string | null;
+  network: string | null;
+  drift: string | null;
 }
 
 /**
@@ -221,4 +223,89 @@ export async function startDemo(name: string): Promise<IDemoLink> {
     method: 'POST',
     body: ''
   });
+}
+
+/**
+ * One version's numbers over a window (Python `nbdeploy.telemetry.VersionStats`); null where
+ * nothing was measured. `version` is 0 in a report's `total`.
+ */
+export interface IVersionStats {
+  version: number;
+  requests: number;
+  errors: number;
+  request_rate: number;
+  error_rate: number | null;
+  p50_ms: number | null;
+  p95_ms: number | null;
+  p99_ms: number | null;
+  batch_size: number | null;
+  queue_ms: number | null;
+  share: number | null;
+}
+
+/**
+ * One step of a stats series: per version (keyed by its number as a string), the request
+ * rate, p99 latency and error rate over that step.
+ */
+export interface IStatsPoint {
+  t: number;
+  request_rate: Record<string, number>;
+  p99_ms: Record<string, number | null>;
+  error_rate: Record<string, number | null>;
+}
+
+/**
+ * The answer of `GET nbdeploy/api/deployments/<name>/stats?window=S`
+ * (Python `StatsReport.to_dict()`).
+ */
+export interface IStatsReport {
+  name: string;
+  window_s: number;
+  total: IVersionStats;
+  versions: IVersionStats[];
+  series: IStatsPoint[];
+  generated_at: string;
+}
+
+export async function fetchStats(
+  name: string,
+  window = 60
+): Promise<IStatsReport> {
+  return requestAPI<IStatsReport>(
+    `${deploymentPath(name, 'stats')}?window=${window}`
+  );
+}
+
+/**
+ * One feature of a drift report (Python `nbdeploy.drift_profile.FeatureDrift`).
+ */
+export interface IFeatureDrift {
+  feature: string;
+  kind: string;
+  psi: number | null;
+  bins: string[];
+  reference: number[];
+  live: number[];
+  flag: 'drift' | 'watch' | 'ok' | 'no data';
+}
+
+/**
+ * The answer of `GET nbdeploy/api/deployments/<name>/drift` (Python `DriftReport.to_dict()`):
+ * the features of one version, worst first.
+ */
+export interface IDriftReport {
+  name: string;
+  version: number;
+  rows: number;
+  reference_rows: number;
+  window: number;
+  features: IFeatureDrift[];
+  threshold: number;
+  drifted: string[];
+  summary: string;
+  generated_at: string;
+}
+
+export async function fetchDrift(name: string): Promise<IDriftReport> {
+  return requestAPI<IDriftReport>(deploymentPath(name, 'drift'));
 }

@@ -5,6 +5,7 @@ import {
 } from '@jupyterlab/application';
 import {
   ICommandPalette,
+  InputDialog,
   MainAreaWidget,
   Notification
 } from '@jupyterlab/apputils';
@@ -14,6 +15,7 @@ import { CommandRegistry } from '@lumino/commands';
 
 import { createLogsPanel, LogsView } from './logs';
 import { DEFAULT_REFRESH_SECONDS, DeploymentsModel } from './model';
+import { createMonitorPanel, MonitorView } from './monitor';
 import { DeploymentsPanel } from './sidebar';
 
 const CATEGORY = 'nbdeploy';
@@ -29,6 +31,7 @@ namespace CommandIDs {
   export const show = 'nbdeploy:show-deployments';
   export const insertPanel = 'nbdeploy:insert-deploy-panel';
   export const openLogs = 'nbdeploy:open-logs';
+  export const openMonitor = 'nbdeploy:open-monitor';
 }
 
 const deployIcon = new LabIcon({
@@ -98,9 +101,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
   ) => {
     const { commands, shell } = app;
     const logPanels = new Map<string, MainAreaWidget<LogsView>>();
+    const monitorPanels = new Map<string, MainAreaWidget<MonitorView>>();
     const model = new DeploymentsModel();
     const sidebar = new DeploymentsPanel(model, {
       openLogs: name => void commands.execute(CommandIDs.openLogs, { name }),
+      openMonitor: name =>
+        void commands.execute(CommandIDs.openMonitor, { name }),
       insertDeployPanel: () => void commands.execute(CommandIDs.insertPanel)
     });
     sidebar.disposed.connect(() => model.dispose());
@@ -142,7 +148,45 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
 
+    commands.addCommand(CommandIDs.openMonitor, {
+      label: args =>
+        args.name
+          ? `nbdeploy: Monitor ${args.name as string}`
+          : 'nbdeploy: Monitor a deployment',
+      caption:
+        'Live charts of a deployment: request rate, errors, latency, batching, drift',
+      execute: async args => {
+        let name = args.name as string | undefined;
+        if (!name) {
+          const names = model.deployments.map(row => row.name);
+          if (names.length === 0) {
+            Notification.warning('No deployment is running to monitor.', {
+              autoClose: 5000
+            });
+            return;
+          }
+          const answer = await InputDialog.getItem({
+            title: 'Monitor which deployment?',
+            items: names
+          });
+          if (!answer.button.accept || !answer.value) {
+            return;
+          }
+          name = answer.value;
+        }
+        let panel = monitorPanels.get(name);
+        if (!panel || panel.isDisposed) {
+          panel = createMonitorPanel(name);
+          monitorPanels.set(name, panel);
+          shell.add(panel, 'main');
+        }
+        shell.activateById(panel.id);
+        await panel.content.refresh();
+      }
+    });
+
     palette?.addItem({ command: CommandIDs.show, category: CATEGORY });
+    palette?.addItem({ command: CommandIDs.openMonitor, category: CATEGORY });
     palette?.addItem({ command: CommandIDs.insertPanel, category: CATEGORY });
   }
 };

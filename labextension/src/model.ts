@@ -2,7 +2,9 @@ import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import {
+  fetchStats,
   IDeployment,
+  IStatsReport,
   listDeployments,
   promote,
   rollback,
@@ -18,10 +20,16 @@ const MIN_REFRESH_SECONDS = 1;
 const MAX_REFRESH_SECONDS = 24 * 60 * 60;
 
 /**
+ * Seconds of history behind each row's request-rate and p99 sparklines.
+ */
+export const SPARKLINE_WINDOW_SECONDS = 60;
+
+/**
  * The deployments the server lists, and why the last reload failed, kept fresh by a Poll.
  *
  * The Poll stands by while no view shows the list (`visible` is false) and while the browser
  * tab is hidden, so a collapsed sidebar costs the server nothing; failed reloads back off.
+ * Each reload also reads the live numbers of every running deployment (its sparklines).
  */
 export class DeploymentsModel {
   constructor(options: DeploymentsModel.IOptions = {}) {
@@ -39,6 +47,22 @@ export class DeploymentsModel {
    */
   get changed(): ISignal<this, void> {
     return this._changed;
+  }
+
+  /**
+   * Emitted after each reload's live numbers are read (see `stats`); views update their
+   * sparklines in place on it instead of rebuilding rows.
+   */
+  get statsChanged(): ISignal<this, void> {
+    return this._statsChanged;
+  }
+
+  /**
+   * The live numbers of a running deployment over the last minute, from the last reload;
+   * null when its server did not answer them.
+   */
+  stats(name: string): IStatsReport | null {
+    return this._stats.get(name) ?? null;
   }
 
   /**
@@ -179,6 +203,7 @@ export class DeploymentsModel {
     try {
       const rows = await listDeployments();
       this._update(rows, null);
+      await this._loadStats(rows);
     } catch (error) {
       this._update(
         this._deployments,
@@ -186,6 +211,28 @@ export class DeploymentsModel {
       );
       throw error;
     }
+  }
+
+  /**
+   * Read every running deployment's numbers; one that fails (its server is restarting, or
+   * predates the stats route) just has none, without failing the reload.
+   */
+  private async _loadStats(rows: IDeployment[]): Promise<void> {
+    const running = rows.filter(row => row.status === 'running');
+    const answers = await Promise.allSettled(
+      running.map(row => fetchStats(row.name, SPARKLINE_WINDOW_SECONDS))
+    );
+    const stats = new Map<string, IStatsReport>();
+    answers.forEach((answer, index) => {
+      if (answer.status === 'fulfilled') {
+        stats.set(running[index].name, answer.value);
+      }
+    });
+    if (this.isDisposed) {
+      return;
+    }
+    this._stats = stats;
+    this._statsChanged.emit();
   }
 
   private _update(rows: IDeployment[], error: string | null): void {
@@ -208,6 +255,8 @@ export class DeploymentsModel {
   private _loaded = false;
   private readonly _poll: Poll;
   private _snapshot = '';
+  private _stats = new Map<string, IStatsReport>();
+  private readonly _statsChanged = new Signal<this, void>(this);
   private _visible = false;
 }
 

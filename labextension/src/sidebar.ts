@@ -14,7 +14,8 @@ import {
   startDemo,
   stopDeployment
 } from './api';
-import { DeploymentsModel } from './model';
+import { spanOf, sparkline, totalRate, worstP99, lastValue } from './charts';
+import { DeploymentsModel, SPARKLINE_WINDOW_SECONDS } from './model';
 
 const STATUS_CLASSES: Record<string, string> = {
   running: 'nbdeploy-status-ok',
@@ -23,10 +24,11 @@ const STATUS_CLASSES: Record<string, string> = {
 };
 
 /**
- * What the panel asks its host to do: open a logs tab, insert the deploy panel cell.
+ * What the panel asks its host to do: open a logs or monitor tab, insert the deploy panel cell.
  */
 export interface IDeploymentsActions {
   openLogs(name: string): void;
+  openMonitor(name: string): void;
   insertDeployPanel(): void;
 }
 
@@ -241,6 +243,7 @@ export class DeploymentsPanel extends Widget {
     this.node.append(header, this._error, this._list);
 
     model.changed.connect(this._render, this);
+    model.statsChanged.connect(this._drawStats, this);
     this._render();
   }
 
@@ -263,6 +266,7 @@ export class DeploymentsPanel extends Widget {
     const { deployments, error, loaded } = this.model;
     this._error.textContent = error ?? '';
     this._list.replaceChildren();
+    this._live.clear();
     if (!loaded) {
       return;
     }
@@ -272,6 +276,47 @@ export class DeploymentsPanel extends Widget {
     }
     for (const row of deployments) {
       this._list.appendChild(this._row(row));
+    }
+    this._drawStats();
+  }
+
+  /**
+   * Each running row's request-rate and p99 sparklines over the last minute, redrawn in
+   * place (the rows and their buttons stay) whenever the model has read new numbers.
+   */
+  private _drawStats(): void {
+    for (const [name, live] of this._live) {
+      const report = this.model.stats(name);
+      if (report === null) {
+        live.replaceChildren();
+        live.title = '';
+        continue;
+      }
+      const span = spanOf(report, SPARKLINE_WINDOW_SECONDS);
+      const rate = totalRate(report);
+      const p99 = worstP99(report);
+      const rateNow = lastValue(rate);
+      const p99Now = lastValue(p99);
+      const rateText = element(
+        'span',
+        'nbdeploy-meta nbdeploy-spark-value',
+        `${rateNow === null ? '0' : rateNow.toFixed(1)} req/s`
+      );
+      const p99Text = element(
+        'span',
+        'nbdeploy-meta nbdeploy-spark-value',
+        p99Now === null ? 'p99 -' : `p99 ${ms(p99Now)} ms`
+      );
+      live.replaceChildren(
+        sparkline('request_rate', rate, span),
+        rateText,
+        sparkline('p99_ms', p99, span),
+        p99Text
+      );
+      live.title =
+        `Over the last ${Math.round(report.window_s)} s: ` +
+        `${report.total.request_rate.toFixed(2)} requests/s, p99 ` +
+        `${report.total.p99_ms === null ? '-' : ms(report.total.p99_ms) + ' ms'}`;
     }
   }
 
@@ -326,7 +371,11 @@ export class DeploymentsPanel extends Widget {
       dot,
       name,
       element('span', 'nbdeploy-meta', `v${row.version}`),
-      element('span', 'nbdeploy-meta', `${row.runtime} · ${row.format}`),
+      element(
+        'span',
+        'nbdeploy-meta',
+        `${row.runtime}${row.network ? ` (${row.network} network)` : ''} · ${row.format}`
+      ),
       p50
     );
 
@@ -362,10 +411,22 @@ export class DeploymentsPanel extends Widget {
     }
     actions.append(
       button('Stop', 'stop', () => void this._stop(row.name, row.owner)),
-      button('Logs', 'logs', () => this._actions.openLogs(row.name))
+      button('Logs', 'logs', () => this._actions.openLogs(row.name)),
+      button('Monitor', 'monitor', () => this._actions.openMonitor(row.name))
     );
 
     item.append(heading, address, direct);
+    const live = element('div', 'nbdeploy-spark');
+    live.setAttribute('aria-label', `Live traffic of ${row.name}`);
+    this._live.set(row.name, live);
+    item.append(live);
+    if (row.drift) {
+      const drift = element('div', 'nbdeploy-drift', `Drift: ${row.drift}`);
+      drift.title =
+        `The live inputs or outputs of ${row.name} v${stableVersion(row)} moved away from ` +
+        'the data it was deployed with (population stability index); open Monitor for details';
+      item.append(drift);
+    }
     if (row.guard) {
       const guard = element(
         'div',
@@ -578,5 +639,6 @@ export class DeploymentsPanel extends Widget {
   }
 
   private readonly _error: HTMLDivElement;
+  private readonly _live = new Map<string, HTMLDivElement>();
   private readonly _list: HTMLUListElement;
 }

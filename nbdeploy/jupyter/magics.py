@@ -1,5 +1,6 @@
-"""``%deploy``, ``%deployments``, ``%undeploy`` and the version magics (``%promote``,
-``%rollback``, ``%traffic``, ``%compare``): one line from a notebook to an endpoint.
+"""``%deploy``, ``%deployments``, ``%undeploy``, the version magics (``%promote``,
+``%rollback``, ``%traffic``, ``%compare``) and ``%monitor``: one line from a notebook to an
+endpoint, and to watching it run.
 
 Thin by design: arguments are resolved in the user's namespace and handed to ``nbdeploy.api``;
 what comes back is rendered. Defaults are traitlets, so ``%config DeployMagic.runtime =
@@ -467,6 +468,41 @@ class DeployMagic(Magics):
                 )
             x, y = (self._expression(text, what) for text, what in _pad(args.data))
             return api.compare(_unquote(args.name), x, y)
+
+    @magic_arguments()
+    @argument("name", metavar="NAME", help="the deployment")
+    @argument(
+        "-w",
+        "--window",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how far back the charts reach (1-600 s, default 60)",
+    )
+    @argument(
+        "-e",
+        "--every",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="seconds between refreshes (default 3)",
+    )
+    @line_magic
+    def monitor(self, line: str) -> Any:
+        """Live charts of a deployment (request rate, errors, p50/p99 latency, batch size,
+        queue time; a line per version) and its drift, refreshed in the background while shown.
+
+        Returns the Monitor widget (``m = %monitor digits``; ``m.close()`` stops it); in a
+        terminal, the numbers of the window once."""
+        with self.readable_errors():
+            args = self._parse(self.monitor, line)
+            name = _unquote(args.name)
+            api.get(name)  # an unknown name is one clear line, not an empty chart
+            if not self.rich:
+                return api.stats(name, args.window)
+            from nbdeploy.jupyter.monitor import Monitor
+
+            return Monitor(name, window=args.window, every=args.every)
 
 
 def _pad(data: Sequence[str]) -> list[tuple[str | None, str]]:

@@ -5,6 +5,8 @@ stays free to process widget messages (the panel keeps updating while a model ex
 ``wait()`` joins that thread, which is how tests and scripts drive the panel without a browser.
 While the panel is displayed, a timer thread re-reads the deployment list every
 ``refresh_interval`` seconds; it stops when the panel is closed or no longer shown.
+The "Monitor" tab shows live charts of one chosen deployment (a :class:`Monitor`, refreshing
+only while that tab is selected).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from nbdeploy.jupyter import (
     launch_demo_url,
 )
 from nbdeploy.jupyter.magics import deploy_summary
+from nbdeploy.jupyter.monitor import Monitor
 from nbdeploy.jupyter.render import (
     BenchmarkView,
     DeploySummary,
@@ -153,6 +156,7 @@ class DeploymentRow(widgets.VBox):
         self.rollback_button = widgets.Button(description="rollback", icon="undo")
         self.logs_button = widgets.Button(description="logs", icon="file-text")
         self.demo_button = widgets.Button(description="demo", icon="external-link")
+        self.monitor_button = widgets.Button(description="monitor", icon="line-chart")
         self.confirm_button = widgets.Button(description="stop", button_style="danger")
         self.cancel_button = widgets.Button(description="cancel")
         for button in (
@@ -160,6 +164,7 @@ class DeploymentRow(widgets.VBox):
             self.rollback_button,
             self.logs_button,
             self.demo_button,
+            self.monitor_button,
             self.confirm_button,
             self.cancel_button,
         ):
@@ -182,6 +187,7 @@ class DeploymentRow(widgets.VBox):
                         self.rollback_button,
                         self.logs_button,
                         self.demo_button,
+                        self.monitor_button,
                     ]
                 ),
                 self.versions_box,
@@ -289,8 +295,15 @@ class DeployPanel(widgets.VBox):
         self._refresher: threading.Thread | None = None
         self._stop_refreshing = threading.Event()
         self._busy = False
+        self.monitor: Monitor | None = None
         self._build_widgets()
-        super().__init__(self._layout(), **kwargs)
+        self._build_monitor_tab()
+        self.tabs = widgets.Tab(
+            children=[widgets.VBox(self._layout()), self.monitor_tab],
+            titles=("Deploy", "Monitor"),
+        )
+        self.tabs.observe(lambda _: self._monitor_tab_shown(), names="selected_index")
+        super().__init__([self.tabs], **kwargs)
         self._view_count = 0
         self.observe(self._views_changed, names="_view_count")
         self.rescan()
@@ -360,6 +373,44 @@ class DeployPanel(widgets.VBox):
             self.deployments_box,
         ]
 
+    def _build_monitor_tab(self) -> None:
+        self.monitor_picker = widgets.Dropdown(
+            description="deployment", options=[], style={"description_width": "80px"}
+        )
+        self.monitor_box = widgets.VBox([widgets.HTML("<i>no deployment chosen</i>")])
+        self.monitor_tab = widgets.VBox([self.monitor_picker, self.monitor_box])
+        self.monitor_picker.observe(lambda _: self._monitor_tab_shown(), names="value")
+
+    @property
+    def monitor_selected(self) -> bool:
+        return self.tabs.selected_index == 1
+
+    def show_monitor(self, name: str) -> None:
+        """Open the Monitor tab on ``name`` (a row's monitor button)."""
+        if name not in self.monitor_picker.options:
+            self.monitor_picker.options = [*self.monitor_picker.options, name]
+        self.monitor_picker.value = name
+        self.tabs.selected_index = 1
+        self._monitor_tab_shown()
+
+    def _monitor_tab_shown(self) -> None:
+        """Charts for the chosen deployment while the tab is selected; stopped otherwise."""
+        name = self.monitor_picker.value
+        current = self.monitor
+        if not self.monitor_selected or not name:
+            if current is not None:
+                current.stop()
+            return
+        if current is not None and current.name == name:
+            if not current.running:
+                current.start()
+                current.refresh()
+            return
+        if current is not None:
+            current.close()
+        self.monitor = Monitor(name)
+        self.monitor_box.children = [self.monitor]
+
     @property
     def action_buttons(self) -> list[widgets.Button]:
         """The buttons that start work, disabled together while a task runs."""
@@ -418,6 +469,11 @@ class DeployPanel(widgets.VBox):
                 rows[view.name] = row
             changed = list(rows) != list(self.deployment_rows)
             self.deployment_rows = rows
+            names = list(rows)
+            if list(self.monitor_picker.options) != names:
+                chosen = self.monitor_picker.value
+                self.monitor_picker.options = names
+                self.monitor_picker.value = chosen if chosen in names else None
             if changed or not self.deployments_box.children:
                 self.deployments_box.children = list(rows.values()) or [
                     widgets.HTML("<i>no deployments are running</i>")
@@ -430,6 +486,7 @@ class DeployPanel(widgets.VBox):
         row.rollback_button.on_click(lambda _: self.rollback(name))
         row.logs_button.on_click(lambda _: self.show_logs(name))
         row.demo_button.on_click(lambda _: self.open_demo(name))
+        row.monitor_button.on_click(lambda _: self.show_monitor(name))
         return row
 
     def start_auto_refresh(self, interval: float | None = None) -> None:
@@ -474,6 +531,8 @@ class DeployPanel(widgets.VBox):
 
     def close(self) -> None:
         self.stop_auto_refresh()
+        if getattr(self, "monitor", None) is not None:
+            self.monitor.close()
         super().close()
 
     def stop(self, name: str, *, confirmed: bool = False) -> None:

@@ -426,7 +426,7 @@ class DeploySummary:
         return cls(
             name=endpoint.name,
             version=int(served.version or endpoint.version),
-            runtime=endpoint.runtime,
+            runtime=endpoint.view().runtime_text,
             url=endpoint.url,
             status=endpoint.status,
             token=endpoint.token,
@@ -544,7 +544,7 @@ class DeploymentTable:
             [
                 row.name,
                 str(row.version),
-                row.runtime,
+                row.runtime_text,
                 row.format,
                 row.status,
                 split_text(row),
@@ -584,3 +584,89 @@ def progress_html(
         f"<div style='{CARD_STYLE};font-family:monospace;font-size:90%'>"
         f"<div style='color:#57606a'>{items}</div><div><b>{marker} {esc(current)}</b></div></div>"
     )
+
+
+CHART_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+ChartLine = Sequence[tuple[float, float | None]]
+
+
+def _tick(value: float) -> str:
+    """A short axis label: 0, 0.25, 3.2, 45, 1.2k."""
+    if value >= 1000:
+        return f"{value / 1000:.3g}k"
+    return f"{value:.3g}"
+
+
+def line_chart_svg(
+    title: str,
+    lines: dict[str, ChartLine],
+    *,
+    metric: str,
+    unit: str = "",
+    span: tuple[float, float] | None = None,
+    width: int = 300,
+    height: int = 130,
+    styles: dict[str, str] | None = None,
+) -> str:
+    """A small inline SVG line chart, one line per label (a version), gaps where a value is
+    None; plain SVG so that it shows in JupyterLab, Voila and any browser without a plotting
+    package in the frontend. ``span`` is the time range of the x axis (default: the data's).
+
+    The ``<svg>`` carries ``data-metric`` and every ``<polyline>`` its ``data-series`` and
+    ``data-last`` (the newest value), so tests and scripts can read what is drawn."""
+    left, right, top, bottom = 34, 8, 30, 16
+    plot_w, plot_h = width - left - right, height - top - bottom
+    times = [t for line in lines.values() for t, _ in line]
+    values = [v for line in lines.values() for _, v in line if v is not None and math.isfinite(v)]
+    start, end = span if span is not None else (min(times, default=0.0), max(times, default=1.0))
+    end = max(end, start + 1e-9)
+    peak = max(values, default=0.0) * 1.1 or 1.0
+
+    def x(t: float) -> float:
+        return left + plot_w * (t - start) / (end - start)
+
+    def y(v: float) -> float:
+        return top + plot_h * (1 - v / peak)
+
+    parts = [
+        f"<svg class='nbd-chart' data-metric='{esc(metric)}' xmlns='http://www.w3.org/2000/svg'"
+        f" width='{width}' height='{height}' viewBox='0 0 {width} {height}'"
+        " style='font-family:sans-serif;font-size:10px;background:transparent'>",
+        f"<text x='{left}' y='11' font-weight='bold' fill='currentColor'>{esc(title)}</text>",
+        f"<line x1='{left}' y1='{top + plot_h}' x2='{left + plot_w}' y2='{top + plot_h}'"
+        " stroke='#8c959f' stroke-width='0.5'/>",
+        f"<line x1='{left}' y1='{top}' x2='{left + plot_w}' y2='{top}' stroke='#d0d7de'"
+        " stroke-width='0.5' stroke-dasharray='2,2'/>",
+        f"<text x='{left - 3}' y='{top + 4}' text-anchor='end' fill='#57606a'>{_tick(peak)}</text>",
+        f"<text x='{left - 3}' y='{top + plot_h}' text-anchor='end' fill='#57606a'>0</text>",
+        f"<text x='{left}' y='{height - 3}' fill='#57606a'>-{end - start:.0f} s</text>",
+        f"<text x='{left + plot_w}' y='{height - 3}' text-anchor='end' fill='#57606a'>now</text>",
+    ]
+    legend = []
+    for index, (label, line) in enumerate(lines.items()):
+        color = CHART_COLORS[index % len(CHART_COLORS)]
+        dash = (styles or {}).get(label)
+        dashed = f" stroke-dasharray='{dash}'" if dash else ""
+        last = next((v for _, v in reversed(line) if v is not None), None)
+        segments: list[list[str]] = [[]]
+        for t, v in line:
+            if v is None or not math.isfinite(v):
+                segments.append([])
+            else:
+                segments[-1].append(f"{x(t):.1f},{y(v):.1f}")
+        drawn = [points for points in segments if points]
+        for points in drawn or [[]]:
+            if len(points) == 1:  # a single point: a dot, so that it shows
+                cx, cy = points[0].split(",")
+                parts.append(f"<circle cx='{cx}' cy='{cy}' r='1.8' fill='{color}'/>")
+            parts.append(
+                f"<polyline data-series='{esc(label)}' data-last='{'' if last is None else last}'"
+                f" points='{' '.join(points)}' fill='none' stroke='{color}' stroke-width='1.5'"
+                f"{dashed}/>"
+            )
+        shown = "-" if last is None else f"{_tick(last)}{unit}"
+        legend.append(f"<tspan fill='{color}'>{esc(label)} {esc(shown)}</tspan>")
+    if legend:
+        parts.append(f"<text x='{left}' y='23'>{' '.join(legend)}</text>")
+    parts.append("</svg>")
+    return "".join(parts)

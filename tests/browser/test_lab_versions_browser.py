@@ -186,6 +186,9 @@ class ScriptedAPI:
         if path == "deployments" and request.method == "GET":
             route.fulfill(json={"deployments": [self.row()]})
             return
+        if request.method == "GET" and path.endswith(("/stats", "/drift")):
+            route.fulfill(status=404, json={"error": "not scripted"})  # the sparklines' poll
+            return
         self.calls.append((request.method, path, body))
         if path == f"deployments/{NAME}/versions/2" and request.method == "DELETE":
             self.versions = [v for v in self.versions if v.version != 2]

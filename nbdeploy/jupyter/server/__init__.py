@@ -24,7 +24,7 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 def routes(base_url: str) -> list[tuple[str, type]]:
     """Every route of the extension, under Jupyter's ``base_url``."""
-    from nbdeploy.jupyter.server import handlers
+    from nbdeploy.jupyter.server import handlers, monitor_handlers
     from nbdeploy.jupyter.server.proxy import ProxyHandler
     from nbdeploy.vocabulary import PROXY_PREFIX
 
@@ -43,6 +43,8 @@ def routes(base_url: str) -> list[tuple[str, type]]:
         (api(f"deployments/{NAME}/logs"), handlers.LogsHandler),
         (api(f"deployments/{NAME}/metrics"), handlers.MetricsHandler),
         (api(f"deployments/{NAME}/demo"), handlers.DemoHandler),
+        (api(f"deployments/{NAME}/stats"), monitor_handlers.StatsHandler),
+        (api(f"deployments/{NAME}/drift"), monitor_handlers.DriftHandler),
         (api("(?P<path>.*)"), handlers.NotFoundHandler),
         (url_path_join(base_url, PROXY_PREFIX, NAME) + r"(?P<path>/.*)?", ProxyHandler),
     ]
@@ -69,11 +71,10 @@ def _record_server(server_app: Any, base_url: str, *, voila_loaded: bool) -> Non
 def _load_jupyter_server_extension(server_app: Any) -> None:
     """Add the routes and the HTTP client the metrics route and the proxy share."""
     from nbdeploy.jupyter.server.handlers import HTTP_CLIENT, VOILA_ROOT
+    from nbdeploy.jupyter.server.proxy import upstream_client
 
     web_app = server_app.web_app
-    web_app.settings.setdefault(
-        HTTP_CLIENT, httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, trust_env=False)
-    )
+    web_app.settings.setdefault(HTTP_CLIENT, upstream_client(UPSTREAM_TIMEOUT))
     voila = server_app.extension_manager.extensions.get(VOILA_EXTENSION)
     web_app.settings[VOILA_ROOT] = server_app.root_dir if voila and voila.enabled else None
     base_url = web_app.settings["base_url"]
