@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up of a development environment on a fresh Debian 12 machine:
-# a virtualenv in .venv with nbdeploy installed editable plus every extra the tests need.
+# a virtualenv in .venv with nbdeploy installed editable plus every extra the tests need, and
+# the Debian packages of scripts/system-packages.sh (Prometheus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,3 +20,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 echo "[setup] python environment ready: $VENV"
+./scripts/system-packages.sh
