@@ -80,6 +80,10 @@ class StatsReport:
         ).rstrip(", ")
 
     def table(self) -> str:
+        return _format.text_table(*self.table_rows()) + "\n" + self.summary()
+
+    def table_rows(self) -> tuple[list[str], list[list[str]]]:
+        """Header and rows of the table, for surfaces that draw it their own way."""
         rows = [
             [
                 "all" if row is self.total else f"v{row.version}",
@@ -95,7 +99,7 @@ class StatsReport:
             for row in (self.total, *self.versions)
         ]
         header = ["", "req/s", "errors", "p50 ms", "p95 ms", "p99 ms", "batch", "queue ms", "share"]
-        return _format.text_table(header, rows) + "\n" + self.summary()
+        return header, rows
 
     def __str__(self) -> str:
         return self.table()

@@ -290,23 +290,7 @@ class Monitor(widgets.VBox):
         return f"<div class='nbd-charts' style='display:flex;flex-wrap:wrap'>{cells}</div>"
 
     def _table_html(self) -> str:
-        report = self.stats
-        rows = [
-            [
-                "all" if row is report.total else f"v{row.version}",
-                f"{row.request_rate:.2f}",
-                "-" if row.error_rate is None else f"{row.error_rate:.1%}",
-                _format.ms(row.p50_ms) or "-",
-                _format.ms(row.p95_ms) or "-",
-                _format.ms(row.p99_ms) or "-",
-                "-" if row.batch_size is None else f"{row.batch_size:.2f}",
-                _format.ms(row.queue_ms) or "-",
-                "-" if row.share is None else f"{row.share:.0%}",
-            ]
-            for row in (report.total, *report.versions)
-        ]
-        header = ["", "req/s", "errors", "p50 ms", "p95 ms", "p99 ms", "batch", "queue ms", "share"]
-        return html_table(header, rows)
+        return html_table(*self.stats.table_rows())
 
     def _pause_changed(self, change: dict[str, Any]) -> None:
         self.pause_button.description = "resume" if change["new"] else "pause"

@@ -32,8 +32,9 @@ from nbdeploy.jupyter.magics import DeployMagicError
 from nbdeploy.jupyter.monitor import Monitor
 from nbdeploy.jupyter.panel import DeployPanel
 from nbdeploy.telemetry import from_series
-from nbdeploy.vocabulary import DeploymentView, VersionView
+from nbdeploy.vocabulary import DeploymentView
 from tests.helpers.onnx_models import save_linear
+from tests.helpers.views import deployment_view
 
 NAME = "watched"
 BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.05]
@@ -243,25 +244,7 @@ def test_monitor_magic(ip: InteractiveShell, scripted: Scripted, monkeypatch) ->
 
 
 def view(name: str) -> DeploymentView:
-    return DeploymentView(
-        name=name,
-        version=1,
-        runtime="process",
-        format="onnx",
-        state="active",
-        status="running",
-        owner="",
-        url="http://127.0.0.1:1",
-        infer_url=f"http://127.0.0.1:1/v2/models/{name}/infer",
-        proxy_path=f"nbdeploy/proxy/{name}/",
-        created_at="",
-        variant=None,
-        p50_ms=None,
-        p99_ms=None,
-        latency_source=None,
-        demo_url=None,
-        versions=[VersionView(1, 100, "stable", 0, 0, None, None)],
-    )
+    return deployment_view(name, url="http://127.0.0.1:1", created_at="", variant=None)
 
 
 def test_panel_monitor_tab_follows_the_chosen_deployment(

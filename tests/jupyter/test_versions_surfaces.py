@@ -26,32 +26,14 @@ from nbdeploy.jupyter.magics import DeployMagicError
 from nbdeploy.jupyter.render import DeploymentTable, VersionsView, traffic_text
 from nbdeploy.vocabulary import DeploymentView, VersionView
 from tests.helpers.onnx_models import linear_model, save_linear
+from tests.helpers.views import deployment_view
 
 NAME = "twin"
 X = np.random.default_rng(3).standard_normal((64, 4)).astype(np.float32)
 
 
 def view(versions: list[VersionView], guard: str | None = None) -> DeploymentView:
-    return DeploymentView(
-        name=NAME,
-        version=1,
-        runtime="process",
-        format="onnx",
-        state="active",
-        status="running",
-        owner="",
-        url="http://127.0.0.1:9",
-        infer_url=f"http://127.0.0.1:9/v2/models/{NAME}/infer",
-        proxy_path=f"nbdeploy/proxy/{NAME}/",
-        created_at="2026-01-01T00:00:00",
-        variant="fp32",
-        p50_ms=None,
-        p99_ms=None,
-        latency_source=None,
-        demo_url=None,
-        versions=versions,
-        guard=guard,
-    )
+    return deployment_view(NAME, versions, guard=guard)
 
 
 CANARY = [
