@@ -49,6 +49,7 @@ SERVER_PACKAGES: tuple[str, ...] = (
     "uvloop",
     "prometheus-client",
     "grpcio",
+    "orjson",
 )
 TARGET_PYTHON = "3.11"
 # Debian bookworm (both base images) has glibc 2.36: every manylinux tag up to it fits.

@@ -16,7 +16,6 @@ import logging
 import time
 from typing import Any
 
-from starlette.applications import Starlette
 from starlette.routing import Match
 
 from .metrics import Metrics
@@ -31,7 +30,8 @@ MAX_LOGGED_PATH = 512
 class AccessLog:
     """ASGI middleware logging ``client "METHOD path HTTP/x" status ms`` and recording metrics."""
 
-    def __init__(self, app: Starlette, metrics: Metrics, *, log_health: bool = False) -> None:
+    def __init__(self, app: Any, metrics: Metrics, *, log_health: bool = False) -> None:
+        """``app``: the ASGI app (``app.create_app``), whose ``routes`` label the metrics."""
         self.app = app
         self.metrics = metrics
         self.log_health = log_health
@@ -68,6 +68,9 @@ class AccessLog:
                 )
 
     def _route(self, scope: Scope) -> str:
+        matched = scope.get("route")  # the route Starlette's router picked, if any
+        if matched is not None:
+            return getattr(matched, "path", "other")
         for route in self.app.routes:
             match, _ = route.matches(scope)
             if match is not Match.NONE:

@@ -34,10 +34,12 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 
 from . import __version__, v1
 from .admin import admin_routes
+from .connections import DISCONNECTED
 from .dataplane import Encoded, ServerState
 from .errors import ClientError, bad_request, clip, quote
 from .limits import Reservation
@@ -65,7 +67,7 @@ T = TypeVar("T")
 NONCE = re.compile(r"[0-9a-fA-F]{16,128}")
 
 
-def create_app(state: ServerState) -> Starlette:
+def create_app(state: ServerState) -> InferFirst:
     """The ASGI app for ``state`` (wrap it in ``AccessLog`` to log and count requests)."""
 
     admin = admin_routes(state)
@@ -120,10 +122,14 @@ def create_app(state: ServerState) -> Starlette:
         started = time.perf_counter()
         state.authorize(request)
         with state.admit() as reservation:
-            async with _deadline(state.settings.request_timeout_s):
-                content, headers, media_type = await _answer(
-                    request, name, version, respond, reservation, started
-                )
+            seconds = state.settings.request_timeout_s
+            try:
+                async with asyncio.timeout(seconds):
+                    content, headers, media_type = await _answer(
+                        request, name, version, respond, reservation, started
+                    )
+            except TimeoutError:
+                raise _past_deadline(seconds) from None
         return Response(content, headers=headers, media_type=media_type)
 
     async def _answer(
@@ -162,18 +168,19 @@ def create_app(state: ServerState) -> Starlette:
         params = request.path_params
         return state.lookup(params["model"], params.get("version"))
 
+    guarded_infer = _guarded(infer)
     routes = [
         Route("/v2", _guarded(server_metadata), methods=["GET"]),
         Route("/v2/health/live", _guarded(live), methods=["GET"]),
         Route("/v2/health/ready", _guarded(ready), methods=["GET"]),
         Route("/v2/models/{model}", _guarded(model_metadata), methods=["GET"]),
         Route("/v2/models/{model}/ready", _guarded(model_ready), methods=["GET"]),
-        Route("/v2/models/{model}/infer", _guarded(infer), methods=["POST"]),
+        Route("/v2/models/{model}/infer", guarded_infer, methods=["POST"]),
         Route("/v2/models/{model}/versions/{version}", _guarded(model_metadata), methods=["GET"]),
         Route(
             "/v2/models/{model}/versions/{version}/ready", _guarded(model_ready), methods=["GET"]
         ),
-        Route("/v2/models/{model}/versions/{version}/infer", _guarded(infer), methods=["POST"]),
+        Route("/v2/models/{model}/versions/{version}/infer", guarded_infer, methods=["POST"]),
         Route("/v1/models/{model}", _guarded(v1_model), methods=["GET", "POST"]),
         Route("/v1/models/{model}/metadata", _guarded(v1_metadata), methods=["GET"]),
         Route("/v1/models/{model}/versions/{version}", _guarded(v1_model), methods=["GET", "POST"]),
@@ -205,11 +212,36 @@ def create_app(state: ServerState) -> Starlette:
             await asyncio.to_thread(state.observer.stop)
             log.info("stopped: every queued request was answered")
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_exception},
     )
+    return InferFirst(app, [route for route in routes if route.endpoint is guarded_infer])
+
+
+class InferFirst:
+    """The Starlette app, with V2 infer requests handed straight to their route's endpoint:
+    the hot path skips Starlette's middleware, router and wrappers (the endpoint turns every
+    error into its JSON answer itself, see ``_guarded``)."""
+
+    def __init__(self, app: Starlette, fast: list[Route]) -> None:
+        self.app = app
+        self.routes = app.routes
+        self._fast = fast
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            for route in self._fast:
+                match, child = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child)
+                    scope["app"] = self.app
+                    scope["route"] = route
+                    response = await route.endpoint(Request(scope, receive, send))
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def error_response(
@@ -229,24 +261,54 @@ def _proof(token: str | None, nonce: str) -> str | None:
     return hmac.new(token.encode(), nonce.encode("ascii"), hashlib.sha256).hexdigest()
 
 
-@contextlib.asynccontextmanager
-async def _deadline(seconds: float) -> AsyncIterator[None]:
-    """The request's deadline: a 504 when it passes (worker threads still running keep their
+def _past_deadline(seconds: float) -> ClientError:
+    """The 504 of a request past its deadline (worker threads still running keep their
     memory reserved until they end)."""
-    try:
-        async with asyncio.timeout(seconds):
-            yield
-    except TimeoutError:
-        raise ClientError(
-            504,
-            f"the request was not answered within {seconds:g} s (--request-timeout-s); send"
-            " fewer rows per request or retry later",
-        ) from None
+    return ClientError(
+        504,
+        f"the request was not answered within {seconds:g} s (--request-timeout-s); send"
+        " fewer rows per request or retry later",
+    )
 
 
 async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
     """Await ``work``, cancelling it if the client disconnects first: a cancelled request's
-    queued batch item is dropped (the batcher skips it) instead of run for nobody."""
+    queued batch item is dropped (the batcher skips it) instead of run for nobody.
+
+    Under nbdeploy's protocol (``connections``) the scope holds a future done on disconnect,
+    and ``work`` runs in this task; elsewhere a second task watches ``receive()``."""
+    lost: asyncio.Future[None] | None = request.scope.get(DISCONNECTED)
+    if lost is None:
+        return await _watching_receive(request, work)
+    if lost.done():
+        work.close()
+        raise _gone()
+    task = asyncio.current_task()
+    assert task is not None
+    working = True
+
+    def cancel(_: asyncio.Future[None]) -> None:
+        if working:  # (a callback already scheduled when the work ended does nothing)
+            task.cancel()
+
+    lost.add_done_callback(cancel)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not lost.done():
+            raise  # the deadline, or the server stopping
+        task.uncancel()
+        raise _gone() from None
+    finally:
+        working = False
+        lost.remove_done_callback(cancel)
+
+
+def _gone() -> ClientError:
+    return ClientError(499, "the client disconnected; its request was dropped")
+
+
+async def _watching_receive(request: Request, work: Coroutine[Any, Any, T]) -> T:
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
@@ -257,7 +319,7 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -
             task.cancel()
             await asyncio.wait({task})
     if task.cancelled():
-        raise ClientError(499, "the client disconnected; its request was dropped")
+        raise _gone()
     return task.result()
 
 
@@ -324,23 +386,27 @@ async def _read_body(request: Request, reservation: Reservation, state: ServerSt
         reservation.resize(2 * size, "this request's body")
     chunks: list[bytes] = []
     received = 0
-    stream = request.stream()
-    while True:
-        try:
-            async with asyncio.timeout(settings.body_timeout_s):
-                chunk = await anext(stream, None)
-        except TimeoutError:
-            raise ClientError(
-                408, f"the request body stalled: no data for {settings.body_timeout_s:g} s"
-            ) from None
-        if chunk is None:
-            break
-        received += len(chunk)
-        if received > limit:
-            raise _too_large(limit, f"more than {limit} bytes")
-        if 2 * received > reservation.held:
-            reservation.resize(2 * received, "this request's body")
-        chunks.append(chunk)
+    wait = settings.body_timeout_s
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(wait) as deadline:
+            while True:
+                message = await request.receive()
+                if message["type"] != "http.request":
+                    raise _gone()
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > limit:
+                    raise _too_large(limit, f"more than {limit} bytes")
+                if 2 * received > reservation.held:
+                    reservation.resize(2 * received, "this request's body")
+                if chunk:
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+                deadline.reschedule(loop.time() + wait)
+    except TimeoutError:
+        raise ClientError(408, f"the request body stalled: no data for {wait:g} s") from None
     body = b"".join(chunks)
     chunks.clear()
     encoding = (request.headers.get("content-encoding") or "identity").strip().lower()

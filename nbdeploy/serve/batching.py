@@ -6,8 +6,10 @@ while as many requests are expected as the previous run merged, so a lone client
 and concurrent clients are gathered into one run as soon as they are all back. Then the group is concatenated along
 axis 0, run on the model version's own worker thread (so the event loop never blocks) and the
 outputs are split back into views, one per request. Requests whose non-batch dimensions differ
-are never merged. If a merged run fails, every request in it is retried alone so that one bad
-request cannot fail the others. A request whose client went away (its handler was cancelled)
+are never merged. A quick run (a small input on an ONNX model whose recent small runs took
+under ``INLINE_S``) is made on the event loop itself, as a bare route would: handing it to the
+thread and back would cost more than the run. If a merged run fails, every request in it is
+retried alone so that one bad request cannot fail the others. A request whose client went away (its handler was cancelled)
 is dropped from the queue without running; one already running is waited for, so that the
 memory it uses stays accounted until onnxruntime is done with it.
 """
@@ -32,6 +34,11 @@ from .model import ModelVersion
 log = logging.getLogger("nbdeploy.serve")
 
 Result = dict[str, np.ndarray]
+
+# A group of at most INLINE_BYTES of input runs on the event loop while the model's recent
+# runs of such groups took under INLINE_S (a moving average); slower models use their thread.
+INLINE_BYTES = 64 << 10
+INLINE_S = 0.0005
 
 
 @dataclass
@@ -77,6 +84,9 @@ class Batcher:
         self._compute_metric = metrics.compute_time.labels(*labels)
         self._pending_metric = metrics.pending.labels(*labels)
         self._counters = metrics.version_counters(model.name, model.version)
+        # Seconds per small run (moving average), measured on the thread first: a slow model's
+        # first run never blocks the loop. Python models always use their thread.
+        self._small_run_s = INLINE_S if type(model) is ModelVersion else float("inf")
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -190,9 +200,13 @@ class Batcher:
             counters.queue_s += waited
             counters.queued += 1
             item.running = True
-        loop = asyncio.get_running_loop()
+        small = sum(a.nbytes for item in group for a in item.feeds.values()) <= INLINE_BYTES
         try:
-            results = await loop.run_in_executor(self._executor, self._compute, group)
+            if small and self._small_run_s < INLINE_S:
+                results = self._compute(group, small)
+            else:
+                loop = asyncio.get_running_loop()
+                results = await loop.run_in_executor(self._executor, self._compute, group, small)
         finally:
             for item in group:
                 item.finished.set()
@@ -204,8 +218,18 @@ class Batcher:
             else:
                 item.future.set_result(result)
 
-    def _compute(self, group: list[_Item]) -> list[Result | BaseException]:
-        """Worker thread: one merged run, or each request alone if the merged run fails."""
+    def _compute(self, group: list[_Item], small: bool = False) -> list[Result | BaseException]:
+        """One merged run, or each request alone if the merged run fails (on the worker
+        thread, or inline for a quick ``small`` group)."""
+        started = time.perf_counter()
+        try:
+            return self._compute_group(group)
+        finally:
+            if small:
+                elapsed = time.perf_counter() - started
+                self._small_run_s = 0.8 * self._small_run_s + 0.2 * elapsed
+
+    def _compute_group(self, group: list[_Item]) -> list[Result | BaseException]:
         if len(group) == 1:
             try:
                 return [self._run_merged(group)[0]]
@@ -221,7 +245,7 @@ class Batcher:
                 self.model.version,
                 exc,
             )
-            return [self._compute([item])[0] for item in group]
+            return [self._compute_group([item])[0] for item in group]
 
     def _run_merged(self, group: list[_Item]) -> list[Result]:
         started = time.perf_counter()

@@ -1,12 +1,22 @@
-"""HTTP/1.1 connections with limits on every phase, on top of uvicorn's h11 protocol.
+"""HTTP/1.1 connections with limits on every phase, on top of uvicorn's httptools protocol.
 
-uvicorn bounds idle keep-alive connections (``timeout_keep_alive``) and, with h11, the size of
-a request head (``h11_max_incomplete_event_size``), but nothing bounds the time a client takes
-to send its head: a client dribbling one header byte a second would hold a connection forever.
-This protocol arms a deadline whenever it waits for a head (new connection, or the previous
-response sent) and closes the connection with a 408 when it passes. Heads over the size limit
-get a 431, other malformed heads a 400; all three as a JSON ``{"error": ...}`` like every
-other answer of the server. Body timeouts are the application's (``app._read_body``).
+uvicorn bounds idle keep-alive connections (``timeout_keep_alive``), but nothing bounds the size
+of a request head with httptools, nor the time a client takes to send it: a client dribbling
+one header byte a second, or sending an endless header line, would hold a connection (and its
+memory) forever. This protocol counts the bytes of each request head as they come and answers
+a head longer than ``MAX_HEAD_BYTES`` with a 431 (within one read of the limit), and arms a
+deadline whenever it waits for a head (new connection, or the previous response sent): a 408
+when it passes. Malformed heads get a 400; all three as a JSON ``{"error": ...}`` like every
+other answer of the server, then the connection is closed. Body timeouts are the application's
+(``app._read_body``).
+
+Each request's scope carries ``scope[DISCONNECTED]``, a future done once its client goes away
+before the response is sent: the application cancels the request's work with it, without a
+task per request watching ``receive()``.
+
+It also writes each response's head and its first body chunk in one ``write`` (one send, one
+TCP segment for a small answer) instead of two: one system call and one wake-up of the client
+less per request.
 """
 
 from __future__ import annotations
@@ -15,25 +25,33 @@ import asyncio
 import json
 from typing import Any
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 MAX_HEAD_BYTES = 64 << 10
+DISCONNECTED = "nbdeploy.disconnected"
 REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
-def guarded_protocol(header_timeout_s: float) -> type[H11Protocol]:
+def guarded_protocol(header_timeout_s: float) -> type[HttpToolsProtocol]:
     """The protocol class to give uvicorn (``Config(http=...)``), with this head deadline."""
-    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"header_timeout_s": header_timeout_s})
+    return type(
+        "GuardedHttpToolsProtocol",
+        (GuardedHttpToolsProtocol,),
+        {"header_timeout_s": header_timeout_s},
+    )
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request head and JSON protocol errors."""
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a size limit and a deadline for each request head,
+    JSON protocol errors, and a response's head written with its body."""
 
     header_timeout_s = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._awaiting_head = True
+        self._head_bytes = 0  # bytes received since the current head began
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -41,34 +59,49 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            lost = cycle.scope.get(DISCONNECTED)
+            if lost is not None and not lost.done():
+                lost.set_result(None)
         super().connection_lost(exc)
 
-    def handle_events(self) -> None:
-        cycle = self.cycle
-        super().handle_events()
-        if self.cycle is not cycle:  # a whole request head arrived
-            self._disarm_head_timer()
-
-    def on_response_complete(self) -> None:
-        cycle = self.cycle
-        super().on_response_complete()
-        if self.cycle is cycle and not self.transport.is_closing():
-            self._arm_head_timer()  # waiting for the next request's head
-
-    def send_400_response(self, msg: str) -> None:
-        buffered = len(self.conn.trailing_data[0])
-        if buffered > (self.config.h11_max_incomplete_event_size or MAX_HEAD_BYTES):
+    def data_received(self, data: bytes) -> None:
+        if self._awaiting_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        too_long = self._awaiting_head and self._head_bytes > MAX_HEAD_BYTES
+        if too_long and not self.transport.is_closing():
             self._reply_and_close(
                 431,
                 f"the request head is longer than {MAX_HEAD_BYTES} bytes (request line and"
                 " headers together)",
             )
-        else:
-            self._reply_and_close(
-                400,
-                "malformed HTTP request: bad request line, header, Content-Length or chunked"
-                " encoding",
-            )
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_head = False
+        self._head_bytes = 0
+        self._disarm_head_timer()
+        previous = self.cycle
+        super().on_headers_complete()
+        if self.cycle is not previous:
+            self.scope[DISCONNECTED] = self.loop.create_future()  # type: ignore[literal-required]
+            self.cycle.transport = _HeadWithBody(self.transport, self.cycle)  # type: ignore[assignment]
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._awaiting_head = True  # what comes next belongs to the next request's head
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_head_timer()  # waiting for the next request's head
+
+    def send_400_response(self, msg: str) -> None:
+        self._reply_and_close(
+            400,
+            "malformed HTTP request: bad request line, header, Content-Length or chunked encoding",
+        )
 
     def _arm_head_timer(self) -> None:
         self._disarm_head_timer()
@@ -83,14 +116,14 @@ class GuardedH11Protocol(H11Protocol):
         self._head_timer = None
         if self.transport.is_closing():
             return
-        if self.conn.trailing_data[0]:  # part of a head came, then nothing
+        if self._awaiting_head and self._head_bytes:  # part of a head came, then nothing
             message = f"the request head did not arrive within {self.header_timeout_s:g} s"
             self._reply_and_close(408, message)
         else:
             self.transport.close()
 
     def _reply_and_close(self, status: int, message: str) -> None:
-        """Write a whole response by hand (h11 will not send one before a request parsed)."""
+        """Write a whole response by hand (no request was parsed to answer)."""
         self.logger.info("closing a connection from %s: %s", _peer(self.client), message)
         body = json.dumps({"error": message}).encode()
         head = (
@@ -99,6 +132,36 @@ class GuardedH11Protocol(H11Protocol):
         )
         self.transport.write(head + body)
         self.transport.close()
+
+
+class _HeadWithBody:
+    """One request's view of the transport: the response head (the first write once the
+    response has started) is held back and written together with what follows it."""
+
+    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._head: bytes | None = None
+        self._head_held = False
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        elif self._cycle.response_started and not self._head_held:
+            self._head_held = True  # ("100 Continue" is written before the response starts)
+            if self._cycle.scope["method"] != "HEAD":  # (no body write follows a HEAD's head)
+                self._head = data
+                return
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._head is not None:
+            self._transport.write(self._head)
+            self._head = None
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 def _peer(client: tuple[str, int] | None) -> str:

@@ -148,6 +148,8 @@ class Metrics:
             registry=self.registry,
         )
         self.counters: dict[tuple[str, int], VersionCounters] = {}
+        # labelled children by their labels: ``labels()`` takes a lock and builds keys each call
+        self._children: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 
     def version_counters(self, model: str, version: int) -> VersionCounters:
         """The cumulative counters of one version, created on first use and kept for the
@@ -160,14 +162,28 @@ class Metrics:
 
     def answered(self, model: str, version: int, seconds: float, *, error: bool) -> None:
         """One infer request answered by ``model`` v``version`` in ``seconds``."""
-        labels = (model, str(version))
-        self.model_requests.labels(*labels, "error" if error else "ok").inc()
-        self.model_latency.labels(*labels).observe(seconds)
+        key = ("model", model, version, error)
+        children = self._children.get(key)
+        if children is None:
+            labels = (model, str(version))
+            children = self._children[key] = (
+                self.model_requests.labels(*labels, "error" if error else "ok"),
+                self.model_latency.labels(*labels),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
         self.version_counters(model, version).answered(seconds, error=error)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        key = ("http", method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -28,7 +28,7 @@ from uvicorn.config import STARTUP_FAILURE
 from . import __version__
 from .access import AccessLog
 from .app import create_app
-from .connections import MAX_HEAD_BYTES, guarded_protocol
+from .connections import guarded_protocol
 from .cpus import available_cpus
 from .dataplane import ServerState
 from .limits import default_budget
@@ -218,7 +218,6 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         loop="auto",
         http=guarded_protocol(args.header_timeout_s),
-        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         timeout_keep_alive=args.keep_alive_timeout_s,  # type: ignore[arg-type]
         ws="none",
         lifespan="on",
@@ -334,6 +333,11 @@ def _configure_logging(log_file: Path | None, level: str, max_bytes: int) -> Non
     else:
         handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    # LOG_FORMAT shows none of these: do not look them up for every record (the access log
+    # writes one per request; see "Optimization" in the logging HOWTO).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 

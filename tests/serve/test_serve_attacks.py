@@ -309,6 +309,19 @@ def test_an_idle_keep_alive_connection_is_closed(server: ServerProcess):
     assert_serving(server)
 
 
+def test_head_and_body_share_a_write_but_a_head_request_still_gets_its_head(
+    server: ServerProcess,
+):
+    """Responses are written head and body together; a HEAD response (no body) is not held."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(b"HEAD /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = read_until_closed(sock, 15)
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"content-length: 13" in head.lower()
+    assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b'{"live":true}')
+
+
 # --- logs and identity ----------------------------------------------------------------------
 
 
