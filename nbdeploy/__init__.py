@@ -32,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "stats": "nbdeploy.api",
     "drift": "nbdeploy.api",
     "requests": "nbdeploy.api",
+    "push": "nbdeploy.api",
+    "kubernetes": "nbdeploy.api",
     "StatsReport": "nbdeploy.telemetry",
     "DriftReport": "nbdeploy.drift_profile",
     "CompareReport": "nbdeploy.comparison",

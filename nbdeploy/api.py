@@ -259,6 +259,52 @@ def deploy(
     return Endpoint(record)
 
 
+if TYPE_CHECKING:
+    from nbdeploy.manifests import ManifestKind, Manifests
+    from nbdeploy.shipping import PushResult
+
+
+def push(
+    name: str, *, registry: str, version: int | None = None, progress: Progress | None = None
+) -> PushResult:
+    """Build (or reuse) an image baking ``name`` v``version`` (newest by default) in, with the
+    name's server settings as its default arguments and no token, tag it
+    ``REGISTRY/nbdeploy-NAME:VERSION-SHA``, push it with the Docker SDK (credentials from the
+    user's Docker config) and record the reference and digest in the store."""
+    from nbdeploy import shipping
+
+    return shipping.push(name, registry=registry, version=version, progress=progress)
+
+
+def kubernetes(
+    name: str,
+    kind: ManifestKind = "deployment",
+    *,
+    version: int | None = None,
+    namespace: str | None = None,
+    min_replicas: int = 1,
+    max_replicas: int = 4,
+    cpu_target: int = 70,
+    output_dir: str | Path | None = None,
+) -> Manifests:
+    """Manifests for the image ``push`` recorded: ``kind="deployment"`` (Deployment, Service,
+    HorizontalPodAutoscaler, PodDisruptionBudget) or ``kind="kserve"`` (an InferenceService);
+    the token comes from the Secret ``nbdeploy-NAME-token``. ``.yaml()`` renders them,
+    ``.kubectl()`` lists the commands; written to ``output_dir`` when given."""
+    from nbdeploy import manifests
+
+    return manifests.kubernetes(
+        name,
+        kind,
+        version=version,
+        namespace=namespace,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        cpu_target=cpu_target,
+        output_dir=output_dir,
+    )
+
+
 def deployments() -> list[Endpoint]:
     """Every active deployment, one Endpoint per name."""
     from nbdeploy import deployment

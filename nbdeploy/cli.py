@@ -382,6 +382,44 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    import nbdeploy.api as api
+
+    result = api.push(
+        args.name, registry=args.registry, version=args.version, progress=_print_stage
+    )
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    print(f"{result.name} v{result.version} pushed: {result.reference}")
+    print(f"  digest: {result.pinned}")
+    print(f"  manifests: nbdeploy k8s {result.name} [--kserve] -o DIR")
+    return 0
+
+
+def cmd_k8s(args: argparse.Namespace) -> int:
+    import nbdeploy.api as api
+
+    manifests = api.kubernetes(
+        args.name,
+        kind="kserve" if args.kserve else "deployment",
+        version=args.version,
+        namespace=args.namespace,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        output_dir=args.output,
+    )
+    for note in manifests.notes:
+        print(f"# {note}", file=sys.stderr)
+    if args.output is None:
+        print(manifests.yaml(), end="")
+        return 0
+    print(f"wrote {manifests.path}")
+    for line in manifests.kubectl():
+        print(f"  {line}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nbdeploy",
@@ -558,6 +596,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quick.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto")
     quick.set_defaults(handler=cmd_quickstart)
+
+    push = sub.add_parser(
+        "push", help="push an image baking one version in to a registry (for a cluster)"
+    )
+    push.add_argument("name")
+    push.add_argument(
+        "--registry", required=True, help="HOST:PORT/PREFIX, e.g. 127.0.0.1:5000/team"
+    )
+    push.add_argument("--version", type=int, default=None, help="default: the newest")
+    push.add_argument("--json", action="store_true")
+    push.set_defaults(handler=cmd_push)
+
+    k8s = sub.add_parser("k8s", help="write Kubernetes (or KServe) manifests for the pushed image")
+    k8s.add_argument("name")
+    k8s.add_argument("--kserve", action="store_true", help="an InferenceService instead")
+    k8s.add_argument("-o", "--output", default=None, metavar="DIR", help="default: stdout")
+    k8s.add_argument("--version", type=int, default=None)
+    k8s.add_argument("-n", "--namespace", default=None)
+    k8s.add_argument("--min-replicas", type=int, default=1)
+    k8s.add_argument("--max-replicas", type=int, default=4)
+    k8s.set_defaults(handler=cmd_k8s)
     return parser
 
 

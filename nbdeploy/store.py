@@ -77,6 +77,18 @@ CREATE TABLE IF NOT EXISTS events (
     message     TEXT    NOT NULL,
     data        TEXT
 );
+CREATE TABLE IF NOT EXISTS pushes (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    sha256      TEXT    NOT NULL,
+    registry    TEXT    NOT NULL,
+    reference   TEXT    NOT NULL,
+    digest      TEXT    NOT NULL,
+    settings    TEXT    NOT NULL DEFAULT '{}',
+    pushed_at   TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pushes_by_name ON pushes (name, version, id);
 """
 
 TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
@@ -453,6 +465,45 @@ class Store:
         return self._query(
             "SELECT * FROM events WHERE name = ? ORDER BY id DESC LIMIT ?", (name, limit)
         )
+
+    # pushed images ------------------------------------------------------------------------
+
+    def add_push(
+        self,
+        *,
+        name: str,
+        version: int,
+        sha256: str,
+        registry: str,
+        reference: str,
+        digest: str,
+        settings: dict[str, Any],
+    ) -> None:
+        """Keep an image pushed for a cluster: its tag, its registry digest and the settings
+        baked in as the server's defaults."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO pushes (name, version, sha256, registry, reference, digest,"
+                " settings, pushed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    int(version),
+                    sha256,
+                    registry,
+                    reference,
+                    digest,
+                    json.dumps(settings, default=str),
+                    now(),
+                ),
+            )
+
+    def pushes(self, name: str, version: int | None = None) -> list[dict[str, Any]]:
+        """The images pushed for ``name`` (of one ``version``), newest first."""
+        sql, params = "SELECT * FROM pushes WHERE name = ?", (name,)
+        if version is not None:
+            sql, params = sql + " AND version = ?", (name, int(version))
+        rows = self._query(sql + " ORDER BY id DESC", params)
+        return [{**row, "settings": json.loads(row["settings"] or "{}")} for row in rows]
 
 
 def _retry_locked(statement: Callable[[], Any], path: Path) -> None:

@@ -504,6 +504,62 @@ class DeployMagic(Magics):
 
             return Monitor(name, window=args.window, every=args.every)
 
+    @magic_arguments()
+    @argument("name", metavar="NAME", help="the deployment")
+    @argument("--kserve", action="store_true", help="a KServe InferenceService")
+    @argument("--registry", metavar="HOST:PORT/PREFIX", help="push the image there first")
+    @argument("--version", type=int, help="the version (default: the serving one)")
+    @argument("-n", "--namespace", help="the Kubernetes namespace")
+    @argument("-o", "--output", metavar="DIR", help="also write the YAML to DIR")
+    @line_magic
+    def k8s(self, line: str) -> K8sView:
+        """The Kubernetes (or KServe) manifests for the name's pushed image, with a copy
+        button and the ``kubectl`` lines; ``--registry`` pushes the image first."""
+        with self.readable_errors():
+            args = self._parse(self.k8s, line)
+            name = _unquote(args.name)
+            if args.registry:
+                api.push(name, registry=args.registry, version=args.version)
+            manifests = api.kubernetes(
+                name,
+                kind="kserve" if args.kserve else "deployment",
+                version=args.version,
+                namespace=args.namespace,
+                output_dir=args.output,
+            )
+            return K8sView(manifests.yaml(), manifests.kubectl(), manifests.notes)
+
+
+class K8sView:
+    """Manifests in a notebook: the YAML with a copy button, then the ``kubectl`` lines."""
+
+    def __init__(self, yaml: str, commands: Sequence[str], notes: Sequence[str]) -> None:
+        self.yaml = yaml
+        self.commands = list(commands)
+        self.notes = list(notes)
+
+    def __repr__(self) -> str:
+        lines = [f"# {note}" for note in self.notes]
+        return "\n".join([*lines, self.yaml.rstrip(), "", *self.commands])
+
+    def _repr_html_(self) -> str:
+        import html
+
+        copy = (
+            "navigator.clipboard.writeText(this.nextElementSibling.textContent)"
+            ".then(() => { this.textContent = 'Copied'; })"
+        )
+        notes = "".join(f"<div>{html.escape(note)}</div>" for note in self.notes)
+        commands = html.escape("\n".join(self.commands))
+        return (
+            '<div class="nbdeploy-k8s">'
+            f'<div style="opacity:.75">{notes}</div>'
+            f'<button type="button" title="Copy the YAML" onclick="{html.escape(copy)}">'
+            "Copy YAML</button>"
+            f"<pre>{html.escape(self.yaml)}</pre>"
+            f"<pre>{commands}</pre></div>"
+        )
+
 
 def _pad(data: Sequence[str]) -> list[tuple[str | None, str]]:
     """``%compare``'s optional X and y, each with the name its errors use."""
