@@ -668,7 +668,9 @@ def test_a_1_gib_container_survives_the_audits_requests(
             probe.join(30)
         assert probe.exitcode == 0
         assert set(statuses) <= {200, 413, 503}, statuses
-        assert 200 in statuses
+        # Which flood requests got the budget depends on timing (all may have met a busy
+        # server); once the flood is over, one of them alone is answered.
+        assert send(jobs[12]) == 200
         container.reload()
         state = container.attrs["State"]
         assert state["OOMKilled"] is False and container.attrs["RestartCount"] == 0, state
