@@ -8,11 +8,17 @@ The logged path is the client's text, so it is escaped: a control character (``%
 a newline) could otherwise forge a log line. Health checks come every few seconds from the
 runtime and would bury everything else: they are counted but not logged unless asked for.
 Queries are never logged (the identity challenge's nonce, tokens some clients put there).
+
+An access line is written straight to the log handler's stream, in the log's own format,
+and flushed once per turn of the event loop (``LineWriter``): the ``logging`` machinery (a
+record, two formattings, a size check and a flush per line) cost a fifth of a small request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import logging.handlers
 import time
 from typing import Any
 
@@ -23,6 +29,7 @@ from .metrics import Metrics
 log = logging.getLogger("nbdeploy.serve.access")
 
 Scope = dict[str, Any]
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the server's log lines
 HEALTH_PREFIX = "/v2/health/"
 MAX_LOGGED_PATH = 512
 
@@ -35,6 +42,7 @@ class AccessLog:
         self.app = app
         self.metrics = metrics
         self.log_health = log_health
+        self.lines = LineWriter(log)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -52,20 +60,20 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_and_watch)
         finally:
-            elapsed = time.perf_counter() - started
-            method = scope["method"]
-            self.metrics.observe_request(method, self._route(scope), status, elapsed)
-            if self.log_health or not scope["path"].startswith(HEALTH_PREFIX):
-                client = scope.get("client")
-                log.info(
-                    '%s "%s %s HTTP/%s" %d %.1fms',
-                    f"{client[0]}:{client[1]}" if client else "-",
-                    method,
-                    escape(scope["path"]),
-                    scope.get("http_version", "1.1"),
-                    status,
-                    elapsed * 1000,
-                )
+            self.record(scope, self._route(scope), status, time.perf_counter() - started)
+
+    def record(self, scope: Scope, route: str, status: int, elapsed: float) -> None:
+        """Count and log one answered request (also for requests the fast lane answers)."""
+        method = scope["method"]
+        self.metrics.observe_request(method, route, status, elapsed)
+        path = scope["path"]
+        if self.log_health or not path.startswith(HEALTH_PREFIX):
+            client = scope.get("client")
+            peer = f"{client[0]}:{client[1]}" if client else "-"
+            version = scope.get("http_version", "1.1")
+            self.lines.info(
+                f'{peer} "{method} {escape(path)} HTTP/{version}" {status} {elapsed * 1000:.1f}ms'
+            )
 
     def _route(self, scope: Scope) -> str:
         matched = scope.get("route")  # the route Starlette's router picked, if any
@@ -76,6 +84,78 @@ class AccessLog:
             if match is not Match.NONE:
                 return getattr(route, "path", "other")
         return "unmatched"
+
+
+class LineWriter:
+    """INFO lines of one logger, written as its handler's ``Formatter`` would write them
+    (``LOG_FORMAT``) but without a ``LogRecord``, and
+    flushed at the end of the event loop's turn: lines of one turn leave in one write, and a
+    line is on disk before the loop waits again. When the root
+    logger's handler is not the stream handler the server configures, lines go through
+    ``logging`` as usual."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self._prefix = f" INFO {logger.name}: "
+        self._second = -1
+        self._stamp = ""
+        self._unflushed: logging.StreamHandler[Any] | None = None
+
+    def info(self, message: str) -> None:
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        handler = _direct_handler(logger)
+        if handler is None:
+            logger.info("%s", message)
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        line = f"{self._stamp},{int((now - second) * 1000):03d}{self._prefix}{message}\n"
+        handler.acquire()
+        try:
+            if isinstance(handler, logging.handlers.RotatingFileHandler) and handler.maxBytes > 0:
+                size = len(line) if line.isascii() else len(line.encode("utf-8"))
+                if handler.stream.tell() + size >= handler.maxBytes:  # as shouldRollover()
+                    handler.doRollover()
+            handler.stream.write(line)
+        finally:
+            handler.release()
+        if self._unflushed is None:
+            self._unflushed = handler
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop turn to wait for
+                self.flush()
+
+    def flush(self) -> None:
+        handler, self._unflushed = self._unflushed, None
+        if handler is not None:
+            handler.flush()
+
+
+def _direct_handler(logger: logging.Logger) -> logging.StreamHandler[Any] | None:
+    """The one stream handler (with the server's format) that ``logger``'s lines reach, if
+    that is how logging is configured; else None."""
+    if logger.handlers or not logger.propagate or logger.filters:
+        return None
+    handlers = logging.getLogger().handlers
+    if len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    if (
+        not isinstance(handler, logging.StreamHandler)
+        or handler.filters
+        or handler.formatter is None
+        or handler.formatter._fmt != LOG_FORMAT
+        or handler.stream is None
+        or handler.level > logging.INFO
+    ):
+        return None
+    return handler
 
 
 def escape(text: str) -> str:

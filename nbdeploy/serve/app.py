@@ -28,7 +28,8 @@ import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -120,33 +121,23 @@ def create_app(state: ServerState) -> InferFirst:
         request: Request, name: str, version: str | None, respond: Respond
     ) -> Response:
         started = time.perf_counter()
-        state.authorize(request)
+        headers = request.headers
+        state.authorize_header(headers.get("authorization"))
         with state.admit() as reservation:
             seconds = state.settings.request_timeout_s
             try:
                 async with asyncio.timeout(seconds):
-                    content, headers, media_type = await _answer(
-                        request, name, version, respond, reservation, started
+                    content, extra, media_type = await answer_infer(
+                        state,
+                        Call(name, version, headers, started),
+                        respond,
+                        functools.partial(_read_body, request),
+                        functools.partial(_unless_disconnected, request),
+                        reservation,
                     )
             except TimeoutError:
-                raise _past_deadline(seconds) from None
-        return Response(content, headers=headers, media_type=media_type)
-
-    async def _answer(
-        request: Request,
-        name: str,
-        version: str | None,
-        respond: Respond,
-        reservation: Reservation,
-        started: float,
-    ) -> Encoded:
-        routed = version is None
-        with state.take(name, version) as served, state.answering(served, started):
-            _check_content_type(request.headers.get("content-type"))
-            body = await _read_body(request, reservation, state)
-            length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
-            work = respond(served, body, length, reservation, routed=routed)
-            return await _unless_disconnected(request, work)
+                raise past_deadline(seconds) from None
+        return Response(content, headers=extra, media_type=media_type)
 
     async def identity(request: Request) -> Response:
         nonce = request.query_params.get("nonce", "")
@@ -244,6 +235,41 @@ class InferFirst:
         await self.app(scope, receive, send)
 
 
+class Headers(Protocol):
+    def get(self, key: str, default: None = None, /) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One infer request, whichever lane carries it: the model asked for and its headers
+    (lower-case names; Starlette's ``Headers`` or the fast lane's dict)."""
+
+    name: str
+    version: str | None
+    headers: Headers
+    started: float
+
+
+async def answer_infer(
+    state: ServerState,
+    call: Call,
+    respond: Respond,
+    read_body: Callable[[Reservation, ServerState, Headers], Awaitable[bytes]],
+    guard: Callable[[Coroutine[Any, Any, Encoded]], Awaitable[Encoded]],
+    reservation: Reservation,
+) -> Encoded:
+    """Everything an admitted infer request goes through on any lane (Starlette's route or
+    ``fastlane``): the version that answers, its accounting, the content type, the body
+    within its limits, then ``respond`` under ``guard`` (which drops it on disconnect)."""
+    headers = call.headers
+    with state.take(call.name, call.version) as served, state.answering(served, call.started):
+        _check_content_type(headers.get("content-type"))
+        body = await read_body(reservation, state, headers)
+        length = parse_header_length(headers.get(HEADER_LENGTH), len(body))
+        work = respond(served, body, length, reservation, routed=call.version is None)
+        return await guard(work)
+
+
 def error_response(
     status: int, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -261,7 +287,7 @@ def _proof(token: str | None, nonce: str) -> str | None:
     return hmac.new(token.encode(), nonce.encode("ascii"), hashlib.sha256).hexdigest()
 
 
-def _past_deadline(seconds: float) -> ClientError:
+def past_deadline(seconds: float) -> ClientError:
     """The 504 of a request past its deadline (worker threads still running keep their
     memory reserved until they end)."""
     return ClientError(
@@ -282,7 +308,7 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -
         return await _watching_receive(request, work)
     if lost.done():
         work.close()
-        raise _gone()
+        raise gone()
     task = asyncio.current_task()
     assert task is not None
     working = True
@@ -298,13 +324,13 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -
         if not lost.done():
             raise  # the deadline, or the server stopping
         task.uncancel()
-        raise _gone() from None
+        raise gone() from None
     finally:
         working = False
         lost.remove_done_callback(cancel)
 
 
-def _gone() -> ClientError:
+def gone() -> ClientError:
     return ClientError(499, "the client disconnected; its request was dropped")
 
 
@@ -319,7 +345,7 @@ async def _watching_receive(request: Request, work: Coroutine[Any, Any, T]) -> T
             task.cancel()
             await asyncio.wait({task})
     if task.cancelled():
-        raise _gone()
+        raise gone()
     return task.result()
 
 
@@ -370,20 +396,15 @@ def _check_content_type(value: str | None) -> None:
     )
 
 
-async def _read_body(request: Request, reservation: Reservation, state: ServerState) -> bytes:
+async def _read_body(
+    request: Request, reservation: Reservation, state: ServerState, headers: Headers
+) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed ``--max-body-bytes``, and
     with 408 when no data comes for ``body_timeout_s``. Its memory is reserved first (twice:
     the chunks, then the joined body), from Content-Length or as the chunks come."""
     settings = state.settings
     limit = settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        size = plain_integer(declared)
-        if size is None:
-            raise bad_request(f"invalid Content-Length header {quote(declared)}")
-        if size > limit:
-            raise _too_large(limit, f"{size} bytes")
-        reservation.resize(2 * size, "this request's body")
+    reserve_declared(headers, reservation, limit)
     chunks: list[bytes] = []
     received = 0
     wait = settings.body_timeout_s
@@ -393,7 +414,7 @@ async def _read_body(request: Request, reservation: Reservation, state: ServerSt
             while True:
                 message = await request.receive()
                 if message["type"] != "http.request":
-                    raise _gone()
+                    raise gone()
                 chunk = message.get("body", b"")
                 received += len(chunk)
                 if received > limit:
@@ -409,7 +430,27 @@ async def _read_body(request: Request, reservation: Reservation, state: ServerSt
         raise ClientError(408, f"the request body stalled: no data for {wait:g} s") from None
     body = b"".join(chunks)
     chunks.clear()
-    encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+    return decode_content(body, headers, reservation, limit)
+
+
+def reserve_declared(headers: Headers, reservation: Reservation, limit: int) -> int | None:
+    """Check the Content-Length header (400 when malformed, 413 over ``limit``) and reserve
+    twice its bytes; the declared size, if any."""
+    declared = headers.get("content-length")
+    if declared is None:
+        return None
+    size = plain_integer(declared)
+    if size is None:
+        raise bad_request(f"invalid Content-Length header {quote(declared)}")
+    if size > limit:
+        raise _too_large(limit, f"{size} bytes")
+    reservation.resize(2 * size, "this request's body")
+    return size
+
+
+def decode_content(body: bytes, headers: Headers, reservation: Reservation, limit: int) -> bytes:
+    """Undo the body's Content-Encoding (gzip or deflate), within ``limit`` and the budget."""
+    encoding = (headers.get("content-encoding") or "identity").strip().lower()
     if encoding == "identity":
         return body
     if encoding not in ("gzip", "deflate"):

@@ -8,7 +8,9 @@ axis 0, run on the model version's own worker thread (so the event loop never bl
 outputs are split back into views, one per request. Requests whose non-batch dimensions differ
 are never merged. A quick run (a small input on an ONNX model whose recent small runs took
 under ``INLINE_S``) is made on the event loop itself, as a bare route would: handing it to the
-thread and back would cost more than the run. If a merged run fails, every request in it is
+thread and back would cost more than the run. Such a request does not even queue (unless a
+group is on the model's thread): it runs at once, alone, since merging runs of a few
+microseconds would save less than the queue costs. If a merged run fails, every request in it is
 retried alone so that one bad request cannot fail the others. A request whose client went away (its handler was cancelled)
 is dropped from the queue without running; one already running is waited for, so that the
 memory it uses stays accounted until onnxruntime is done with it.
@@ -36,7 +38,9 @@ log = logging.getLogger("nbdeploy.serve")
 Result = dict[str, np.ndarray]
 
 # A group of at most INLINE_BYTES of input runs on the event loop while the model's recent
-# runs of such groups took under INLINE_S (a moving average); slower models use their thread.
+# runs of such groups took under INLINE_S (a moving average; ``--inline-run-us``, 0 = never);
+# slower models use their thread. Each run counts for at most 2 * INLINE_S in the average: one run held up by the machine (a
+# preempted core, the GIL busy elsewhere) does not take a quick model off the loop.
 INLINE_BYTES = 64 << 10
 INLINE_S = 0.0005
 
@@ -50,7 +54,7 @@ class _Item:
     future: asyncio.Future[Result]
     enqueued: float = field(default_factory=time.perf_counter)
     running: bool = False
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event | None = None  # set once run (queued requests only)
 
 
 class Batcher:
@@ -64,6 +68,7 @@ class Batcher:
         max_batch_size: int,
         max_queue_delay_s: float,
         enabled: bool,
+        inline_s: float = INLINE_S,
     ) -> None:
         self.model = model
         self.enabled = enabled and model.batchable and max_batch_size > 1
@@ -86,7 +91,9 @@ class Batcher:
         self._counters = metrics.version_counters(model.name, model.version)
         # Seconds per small run (moving average), measured on the thread first: a slow model's
         # first run never blocks the loop. Python models always use their thread.
-        self._small_run_s = INLINE_S if type(model) is ModelVersion else float("inf")
+        self._inline_s = inline_s
+        self._small_run_s = inline_s if type(model) is ModelVersion else float("inf")
+        self._on_thread = 0  # groups running on the model's thread now
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -105,10 +112,17 @@ class Batcher:
         """Queue one request's checked feeds; return the requested outputs for its rows."""
         if self._closing:
             raise ClientError(503, "the server is shutting down")
+        if (
+            not self._on_thread
+            and self._small_run_s < self._inline_s
+            and sum(array.nbytes for array in feeds.values()) <= INLINE_BYTES
+        ):  # a quick model: merging would save less than queueing costs
+            return self._run_alone(feeds, outputs)
         rows, key = self._batch_key(feeds)
         item = _Item(
             feeds, frozenset(outputs), rows, key, asyncio.get_running_loop().create_future()
         )
+        item.finished = finished = asyncio.Event()
         self._pending_metric.inc()
         try:
             self._waiting.append(item)
@@ -117,10 +131,32 @@ class Batcher:
                 return await item.future
             except asyncio.CancelledError:
                 if item.running:
-                    await item.finished.wait()
+                    await finished.wait()
                 raise
         finally:
             self._pending_metric.dec()
+
+    def _run_alone(self, feeds: dict[str, np.ndarray], outputs: Iterable[str]) -> Result:
+        """Run one request inline, accounted as a batch of one that did not wait."""
+        wanted = set(outputs)
+        names = [info.name for info in self.model.outputs if info.name in wanted]
+        started = time.perf_counter()
+        try:
+            results = self.model.run(feeds, names)
+        finally:
+            elapsed = time.perf_counter() - started
+            self._small_run_s = 0.8 * self._small_run_s + 0.2 * min(elapsed, 2 * self._inline_s)
+        first = next(iter(feeds.values()))
+        rows = int(first.shape[0]) if first.ndim else 1
+        counters = self._counters
+        self._queue_metric.observe(0.0)
+        self._compute_metric.observe(elapsed)
+        self._rows_metric.observe(rows)
+        self._requests_metric.observe(1)
+        counters.queued += 1
+        counters.batch_rows += rows
+        counters.batches += 1
+        return results
 
     def _batch_key(self, feeds: dict[str, np.ndarray]) -> tuple[int, tuple[Any, ...] | None]:
         """Rows of the request, and what a request must share with it to be merged (or None)."""
@@ -202,14 +238,21 @@ class Batcher:
             item.running = True
         small = sum(a.nbytes for item in group for a in item.feeds.values()) <= INLINE_BYTES
         try:
-            if small and self._small_run_s < INLINE_S:
+            if small and self._small_run_s < self._inline_s:
                 results = self._compute(group, small)
             else:
                 loop = asyncio.get_running_loop()
-                results = await loop.run_in_executor(self._executor, self._compute, group, small)
+                self._on_thread += 1
+                try:
+                    results = await loop.run_in_executor(
+                        self._executor, self._compute, group, small
+                    )
+                finally:
+                    self._on_thread -= 1
         finally:
             for item in group:
-                item.finished.set()
+                if item.finished is not None:
+                    item.finished.set()
         for item, result in zip(group, results, strict=True):
             if item.future.done():
                 continue
@@ -227,7 +270,7 @@ class Batcher:
         finally:
             if small:
                 elapsed = time.perf_counter() - started
-                self._small_run_s = 0.8 * self._small_run_s + 0.2 * elapsed
+                self._small_run_s = 0.8 * self._small_run_s + 0.2 * min(elapsed, 2 * self._inline_s)
 
     def _compute_group(self, group: list[_Item]) -> list[Result | BaseException]:
         if len(group) == 1:

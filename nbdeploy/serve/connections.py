@@ -5,8 +5,8 @@ of a request head with httptools, nor the time a client takes to send it: a clie
 one header byte a second, or sending an endless header line, would hold a connection (and its
 memory) forever. This protocol counts the bytes of each request head as they come and answers
 a head longer than ``MAX_HEAD_BYTES`` with a 431 (within one read of the limit), and arms a
-deadline whenever it waits for a head (new connection, or the previous response sent): a 408
-when it passes. Malformed heads get a 400; all three as a JSON ``{"error": ...}`` like every
+deadline for each head (from a new connection, or from the first bytes of the next head on a
+kept-alive one, which uvicorn's keep-alive timer bounds until then): a 408 when it passes. Malformed heads get a 400; all three as a JSON ``{"error": ...}`` like every
 other answer of the server, then the connection is closed. Body timeouts are the application's
 (``app._read_body``).
 
@@ -17,27 +17,39 @@ task per request watching ``receive()``.
 It also writes each response's head and its first body chunk in one ``write`` (one send, one
 TCP segment for a small answer) instead of two: one system call and one wake-up of the client
 less per request.
+
+With a ``FastLane``, a small V2 infer request whose body comes whole with its head is handed to
+it instead of starting an ASGI task (``fastlane`` says why and what it checks); a body that
+needs another read takes the ASGI lane, which already holds what came of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGI3Application
+
+    from .fastlane import FastLane
 
 MAX_HEAD_BYTES = 64 << 10
 DISCONNECTED = "nbdeploy.disconnected"
 REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
-def guarded_protocol(header_timeout_s: float) -> type[HttpToolsProtocol]:
-    """The protocol class to give uvicorn (``Config(http=...)``), with this head deadline."""
+def guarded_protocol(
+    header_timeout_s: float, lane: FastLane | None = None
+) -> type[HttpToolsProtocol]:
+    """The protocol class to give uvicorn (``Config(http=...)``), with this head deadline
+    and fast lane."""
     return type(
         "GuardedHttpToolsProtocol",
         (GuardedHttpToolsProtocol,),
-        {"header_timeout_s": header_timeout_s},
+        {"header_timeout_s": header_timeout_s, "lane": lane},
     )
 
 
@@ -46,12 +58,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     JSON protocol errors, and a response's head written with its body."""
 
     header_timeout_s = 10.0
+    lane: FastLane | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
         self._awaiting_head = True
         self._head_bytes = 0  # bytes received since the current head began
+        self._heading = False  # inside on_headers_complete
+        # A request for the fast lane whose body is still coming: (cycle, app, its headers).
+        self._deferred: tuple[RequestResponseCycle, ASGI3Application, dict[str, str]] | None = None
+        self._lane_task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -59,43 +76,98 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._deferred = None
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             lost = cycle.scope.get(DISCONNECTED)
             if lost is not None and not lost.done():
                 lost.set_result(None)
+            if self._lane_task is not None:
+                self._lane_task.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._awaiting_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        too_long = self._awaiting_head and self._head_bytes > MAX_HEAD_BYTES
-        if too_long and not self.transport.is_closing():
+        if self._deferred is not None:  # the body did not come whole: the ASGI lane takes it
+            cycle, app, _ = self._deferred
+            self._deferred = None
+            self._prepare_asgi(cycle)
+            super()._start_asgi_task(cycle, app)
+        if not self._awaiting_head or not self._head_bytes or self.transport.is_closing():
+            return
+        if self._head_bytes > MAX_HEAD_BYTES:
             self._reply_and_close(
                 431,
                 f"the request head is longer than {MAX_HEAD_BYTES} bytes (request line and"
                 " headers together)",
             )
+        elif self._head_timer is None:  # part of a head came: it has header_timeout_s to end
+            self._arm_head_timer()
 
     def on_headers_complete(self) -> None:
         self._awaiting_head = False
         self._head_bytes = 0
         self._disarm_head_timer()
         previous = self.cycle
-        super().on_headers_complete()
-        if self.cycle is not previous:
-            self.scope[DISCONNECTED] = self.loop.create_future()  # type: ignore[literal-required]
-            self.cycle.transport = _HeadWithBody(self.transport, self.cycle)  # type: ignore[assignment]
+        self._heading = True
+        try:
+            super().on_headers_complete()
+        finally:
+            self._heading = False
+        cycle = self.cycle
+        deferred = self._deferred
+        if cycle is not previous and (deferred is None or deferred[0] is not cycle):
+            self._prepare_asgi(cycle)
+
+    def _prepare_asgi(self, cycle: RequestResponseCycle) -> None:
+        """What a request on the ASGI lane gets: its disconnect future and a transport that
+        writes the response's head with its body."""
+        cycle.scope[DISCONNECTED] = self.loop.create_future()  # type: ignore[literal-required]
+        cycle.transport = _HeadWithBody(self.transport, cycle)  # type: ignore[assignment]
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        lane = self.lane
+        if lane is not None and self._heading and app is self.app and not self.expect_100_continue:
+            headers = lane.wants(cycle.scope)
+            if headers is not None:
+                self._deferred = (cycle, app, headers)
+                return
+        super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._awaiting_head = True  # what comes next belongs to the next request's head
+        deferred = self._deferred
+        if deferred is not None and deferred[0] is self.cycle:
+            self._deferred = None
+            cycle, _, headers = deferred
+            assert self.lane is not None
+            self._lane_task = self.lane.answer(self, cycle, headers)
+
+    def write_response(
+        self, cycle: RequestResponseCycle, status: int, head: list[bytes], content: bytes
+    ) -> None:
+        """Send a fast-lane response (``head``: its status line and header lines) in one
+        write, and end the request as uvicorn's cycle would."""
+        head += [b"%s: %s\r\n" % pair for pair in self.server_state.default_headers]
+        if not cycle.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        head.append(content)
+        self.transport.write(b"".join(head))
+        cycle.response_started = cycle.response_complete = True
+        cycle.message_event.set()
+        self._lane_task = None
+        if not cycle.keep_alive:
+            self.transport.close()
+        self.on_response_complete()
 
     def on_response_complete(self) -> None:
+        # uvicorn arms its keep-alive timer: an idle connection is closed after
+        # --keep-alive-timeout-s; the head deadline starts with the next head's first bytes.
         super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm_head_timer()  # waiting for the next request's head
 
     def send_400_response(self, msg: str) -> None:
         self._reply_and_close(

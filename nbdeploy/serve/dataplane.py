@@ -9,11 +9,10 @@ the one that answers each unversioned request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -135,6 +134,7 @@ class ServerState:
             max_batch_size=settings.max_batch_size,
             max_queue_delay_s=settings.max_queue_delay_ms / 1000,
             enabled=settings.batching,
+            inline_s=settings.inline_run_s,
         )
         batcher.start()
         log.info(
@@ -208,43 +208,22 @@ class ServerState:
             "max_batch_size": self.settings.max_batch_size if batcher.enabled else 0,
         }
 
-    @contextlib.contextmanager
-    def take(self, name: str, version: str | None) -> Iterator[Served]:
-        """The version that answers this request, held until the response is ready; with a
-        routing file an unversioned request gets the version the router picks."""
+    def take(self, name: str, version: str | None) -> Taken:
+        """The version that answers this request, held until the response is ready (``with``);
+        with a routing file an unversioned request gets the version the router picks."""
         model = self.lookup(name, version)
         if self.router is not None and version is None:
-            served = self.router.pick()
-        else:
-            served = self._served(model)
-        served.acquire()
-        try:
-            yield served
-        finally:
-            served.release()
+            return Taken(self.router.pick())
+        return Taken(self._served(model))
 
-    @contextlib.contextmanager
-    def answering(self, served: Served, started: float) -> Iterator[None]:
+    def answering(self, served: Served, started: float) -> Answering:
         """Count the request answered inside as an answer of ``served`` (every protocol's
         infer route wraps its work in this): ``ok`` when it ends normally, ``error`` for a 5xx,
         a model that failed to run or a deadline that cancelled it; a client's mistake (any
         other 4xx, a disconnect) is not an answer and is not counted."""
-        error: bool | None = True
-        try:
-            yield
-            error = False
-        except ClientError as exc:
-            if exc.status < 500 and not exc.model_failure:
-                error = None
-            raise
-        finally:
-            if error is not None:
-                model = served.model
-                elapsed = time.perf_counter() - started
-                self.metrics.answered(model.name, model.version, elapsed, error=error)
+        return Answering(self.metrics, served, started)
 
-    @contextlib.contextmanager
-    def admit(self) -> Iterator[Reservation]:
+    def admit(self) -> Admitted:
         """One infer request in flight, or a 503 when ``--max-concurrency`` are; the memory the
         request reserves is given back when it (and any thread it started) is done."""
         limit = self.settings.max_concurrency
@@ -253,13 +232,7 @@ class ServerState:
                 f"the server is answering {limit} requests, its limit (--max-concurrency);"
                 " retry shortly"
             )
-        self.in_flight += 1
-        reservation = self.budget.reservation()
-        try:
-            yield reservation
-        finally:
-            self.in_flight -= 1
-            reservation.release()
+        return Admitted(self)
 
     async def respond(
         self,
@@ -271,8 +244,12 @@ class ServerState:
         routed: bool,
     ) -> Encoded:
         """Decode, run and encode one infer request body on ``served``."""
-        decoded = await self.decode(served, body, header_length, reservation, routed=routed)
-        return await self.infer(served, decoded, reservation, routed=routed)
+        decoded, wanted, extra = await self.decode(
+            served, body, header_length, reservation, routed=routed
+        )
+        return await self.infer(
+            served, decoded, reservation, routed=routed, checked=(wanted, extra)
+        )
 
     async def decode(
         self,
@@ -282,10 +259,11 @@ class ServerState:
         reservation: Reservation,
         *,
         routed: bool,
-    ) -> InferRequest:
+    ) -> tuple[InferRequest, list[RequestedOutput], list[str]]:
         """Parse the request within the memory budget: count the JSON values (bounded by
         ``--max-json-elements``) before parsing, then estimate the whole request from the
-        header's shapes before building any tensor."""
+        header's shapes before building any tensor. Returns it with the outputs the client
+        wants and the extra ones the server needs."""
         text = body if header_length is None else body[:header_length]
         values = await self._work(reservation, len(text), json_values, text)
         limit = self.settings.max_json_elements
@@ -305,7 +283,8 @@ class ServerState:
         reservation.resize(
             parsing + self._estimate(served, header, values, wanted, compared), "this request"
         )
-        return await self._work(reservation, len(body), build_request, header, body)
+        decoded = await self._work(reservation, len(body), build_request, header, body)
+        return decoded, wanted, compared
 
     def _extra_outputs(
         self, served: Served, wanted: list[RequestedOutput], routed: bool
@@ -365,12 +344,14 @@ class ServerState:
         *,
         routed: bool,
         encode: Encoder | None = None,
+        checked: tuple[list[RequestedOutput], list[str]] | None = None,
     ) -> Any:
         """Check, run and encode one request on ``served``; ``routed`` requests (unversioned,
         with a routing file) are also mirrored to the versions that compare against it.
 
         ``encode(model, request_id, wanted, results)`` makes the answer (in a worker thread
         for big outputs): a V2 response body unless another protocol (gRPC, V1) gives its own.
+        ``checked``: the wanted and extra outputs, when ``decode`` already worked them out.
         """
         started = time.perf_counter()
         model = served.model
@@ -378,9 +359,13 @@ class ServerState:
         feeds = await self._work(
             reservation, size, model.check_inputs, decoded.inputs, decoded.datatypes
         )
-        wanted = model.check_outputs(decoded.outputs, decoded.binary_output)
+        if checked is None:
+            wanted = model.check_outputs(decoded.outputs, decoded.binary_output)
+            extra = self._extra_outputs(served, wanted, routed)
+        else:
+            wanted, extra = checked
         names = [out.name for out in wanted]
-        names += self._extra_outputs(served, wanted, routed)
+        names += extra
         try:
             results = await served.batcher.infer(feeds, names)
         except Exception as exc:
@@ -446,7 +431,11 @@ class ServerState:
 
     def authorize(self, request: Request) -> None:
         """Require ``Authorization: Bearer <token>`` when the server has a token."""
-        check_bearer(request, self.settings.token, "this endpoint")
+        self.authorize_header(request.headers.get("authorization"))
+
+    def authorize_header(self, authorization: str | None) -> None:
+        """``authorize`` given the Authorization header's value (or None)."""
+        check_bearer(authorization, self.settings.token, "this endpoint")
 
     def admin(self, request: Request) -> None:
         """Require the admin token. Admin routes exist only with an admin token and take it
@@ -456,7 +445,7 @@ class ServerState:
             raise ClientError(
                 404, f"no route {request.url.path}: admin routes are off (no admin token is set)"
             )
-        check_bearer(request, token, "this admin route")
+        check_bearer(request.headers.get("authorization"), token, "this admin route")
 
     def admin_router(self, request: Request) -> Router:
         """The router, for an admin request carrying the admin token."""
@@ -468,10 +457,66 @@ class ServerState:
         return self.router
 
 
-def check_bearer(request: Request, token: str | None, what: str) -> None:
+class Taken:
+    """``with state.take(...) as served``: the version held while the request uses it."""
+
+    __slots__ = ("served",)
+
+    def __init__(self, served: Served) -> None:
+        self.served = served
+
+    def __enter__(self) -> Served:
+        self.served.acquire()
+        return self.served
+
+    def __exit__(self, *exc: object) -> None:
+        self.served.release()
+
+
+class Answering:
+    """``with state.answering(served, started)``: counts the answer when the block ends."""
+
+    __slots__ = ("metrics", "served", "started")
+
+    def __init__(self, metrics: Metrics, served: Served, started: float) -> None:
+        self.metrics = metrics
+        self.served = served
+        self.started = started
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        if isinstance(exc, ClientError) and exc.status < 500 and not exc.model_failure:
+            return  # the client's mistake, not an answer
+        model = self.served.model
+        elapsed = time.perf_counter() - self.started
+        self.metrics.answered(model.name, model.version, elapsed, error=kind is not None)
+
+
+class Admitted:
+    """``with state.admit() as reservation``: one request in flight and its memory."""
+
+    __slots__ = ("state", "reservation")
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.reservation = state.budget.reservation()
+
+    def __enter__(self) -> Reservation:
+        self.state.in_flight += 1
+        return self.reservation
+
+    def __exit__(self, *exc: object) -> None:
+        self.state.in_flight -= 1
+        self.reservation.release()
+
+
+def check_bearer(authorization: str | None, token: str | None, what: str) -> None:
+    """Require ``authorization`` to be ``Bearer <token>`` when there is a token."""
     if not token:
         return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not given:
         raise ClientError(401, f"{what} needs an 'Authorization: Bearer <token>' header")
     if not hmac.compare_digest(given.strip().encode(), token.encode()):

@@ -77,7 +77,7 @@ class Reservation:
     def __init__(self, budget: MemoryBudget) -> None:
         self.budget = budget
         self.held = 0
-        self._workers: set[asyncio.Future[Any]] = set()
+        self._workers: set[asyncio.Future[Any]] | None = None  # made by the first watch()
         self._released = False
 
     def resize(self, size: int, what: str) -> None:
@@ -103,10 +103,13 @@ class Reservation:
     def watch(self, future: asyncio.Future[Any]) -> None:
         """Keep the memory held until ``future`` (a worker thread's job) is done, even if the
         request is cancelled first: a thread cannot be stopped, its memory is still in use."""
+        if self._workers is None:
+            self._workers = set()
         self._workers.add(future)
         future.add_done_callback(self._worker_done)
 
     def _worker_done(self, future: asyncio.Future[Any]) -> None:
+        assert self._workers is not None
         self._workers.discard(future)
         if self._released and not self._workers:
             self._give_back()

@@ -26,11 +26,13 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from . import __version__
-from .access import AccessLog
+from .access import LOG_FORMAT, AccessLog
 from .app import create_app
+from .batching import INLINE_S
 from .connections import guarded_protocol
 from .cpus import available_cpus
 from .dataplane import ServerState
+from .fastlane import FastLane
 from .limits import default_budget
 from .metrics import Metrics
 from .model import RepositoryError, check_default_version, discover, version_directory
@@ -46,7 +48,6 @@ log = logging.getLogger("nbdeploy.serve")
 TOKEN_ENV = "NBDEPLOY_TOKEN"
 ADMIN_TOKEN_ENV = "NBDEPLOY_ADMIN_TOKEN"
 GRACEFUL_SHUTDOWN_S = 30.0
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_BACKUPS = 3
 # How long a worker thread may hold the GIL while the event loop thread waits for it (Python's
 # default is 5 ms). Answering one request takes the loop many GIL hand-overs, so with busy
@@ -88,6 +89,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=_positive_int, default=32)
     parser.add_argument("--max-queue-delay-ms", type=_non_negative_float, default=2.0)
     parser.add_argument("--no-batching", action="store_true")
+    parser.add_argument(
+        "--inline-run-us",
+        type=_non_negative_float,
+        default=INLINE_S * 1e6,
+        help="run a small request on the event loop itself when the model's recent small runs"
+        " took under this many microseconds (0: always on the model's thread, where concurrent"
+        " requests are merged)",
+    )
     parser.add_argument(
         "--threads",
         type=_positive_int,
@@ -190,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         max_batch_size=args.max_batch_size,
         max_queue_delay_ms=args.max_queue_delay_ms,
         batching=not args.no_batching,
+        inline_run_s=args.inline_run_us / 1e6,
         max_body_bytes=args.max_body_bytes,
         token=os.environ.get(TOKEN_ENV) or None,
         routing_file=args.routing,
@@ -212,12 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     metrics = Metrics()
     state = ServerState(settings, metrics, request_log)
+    access = AccessLog(create_app(state), metrics, log_health=args.log_health)
     config = uvicorn.Config(
-        AccessLog(create_app(state), metrics, log_health=args.log_health),
+        access,
         host=args.host,
         port=args.port,
         loop="auto",
-        http=guarded_protocol(args.header_timeout_s),
+        http=guarded_protocol(args.header_timeout_s, FastLane(state, access)),
         timeout_keep_alive=args.keep_alive_timeout_s,  # type: ignore[arg-type]
         ws="none",
         lifespan="on",
@@ -226,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         server_header=False,
+        proxy_headers=False,  # the access log names the peer, on either lane
     )
     grpc_server = None
     if args.grpc_port is not None:

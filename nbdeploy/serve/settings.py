@@ -25,6 +25,7 @@ class Settings:
     max_batch_size: int = 32
     max_queue_delay_ms: float = 2.0
     batching: bool = True
+    inline_run_s: float = 0.0005  # batching.INLINE_S; 0: every run on the model's thread
     max_body_bytes: int = 64 * 1024 * 1024
     token: str | None = None
     routing_file: Path | None = None

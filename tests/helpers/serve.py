@@ -78,6 +78,33 @@ def save_mlp(directory: Path, seed: int) -> Path:
     return _save(graph, directory, {"labels": MLP_LABELS, "input_kind": "tabular"})
 
 
+def save_slow_mlp(directory: Path, width: int = 2048) -> Path:
+    """x FP32 [batch, 4] -> probs FP32 [batch, 3] through two ``width``-wide layers: a run takes
+    milliseconds, so the server runs it on the model's thread and merges concurrent requests."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    weights = [
+        (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32)
+        for shape in ((4, width), (width, width), (width, 3))
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W1"], ["h1"]),
+            helper.make_node("Relu", ["h1"], ["a1"]),
+            helper.make_node("MatMul", ["a1", "W2"], ["h2"]),
+            helper.make_node("Relu", ["h2"], ["a2"]),
+            helper.make_node("MatMul", ["a2", "W3"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ],
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(w, f"W{i}") for i, w in enumerate(weights, start=1)],
+    )
+    return _save(graph, directory)
+
+
 def save_pair(directory: Path) -> Path:
     """a FP32, b INT64, flag BOOL (all [batch, 3]) -> total FP32, doubled INT64, positive BOOL."""
     from onnx import TensorProto, helper, numpy_helper
@@ -669,6 +696,24 @@ def metric_samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, 
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 found.append((dict(sample.labels), sample.value))
     return found
+
+
+def reference(repository: Path, model: str, version: int, feeds: dict[str, np.ndarray]):
+    """What onnxruntime itself answers for ``model`` v``version`` of ``repository``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(
+        str(repository / model / str(version) / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def metrics_text(server: ServerProcess) -> str:
+    """The server's /metrics page."""
+    response = httpx.get(f"{server.url}/metrics", timeout=30)
+    assert response.status_code == 200
+    return response.text
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

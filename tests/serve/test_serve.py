@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from nbdeploy.serve.cpus import available_cpus, cgroup_cpu_quota
@@ -32,8 +31,11 @@ from tests.helpers.serve import (
     launch,
     metric_samples,
     metric_value,
+    metrics_text,
+    reference,
     save_mlp,
     save_slow,
+    save_slow_mlp,
     start_server,
 )
 
@@ -59,26 +61,12 @@ def client(server: ServerProcess) -> httpx.Client:
     return server.client()
 
 
-def reference(repository: Path, model: str, version: int, feeds: dict[str, np.ndarray]):
-    session = ort.InferenceSession(
-        str(repository / model / str(version) / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds), strict=True))
-
-
 def json_input(name: str, datatype: str, array: np.ndarray) -> dict:
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": array.tolist()}
 
 
 def infer_json(client: httpx.Client, model: str, inputs: list[dict], **extra) -> httpx.Response:
     return client.post(f"/v2/models/{model}/infer", json={"inputs": inputs, **extra})
-
-
-def metrics_text(server: ServerProcess) -> str:
-    response = httpx.get(f"{server.url}/metrics", timeout=30)
-    assert response.status_code == 200
-    return response.text
 
 
 # --- routes and metadata ---------------------------------------------------------------------
@@ -443,29 +431,65 @@ def _batch_stats(server: ServerProcess, model: str, version: str) -> tuple[float
     )
 
 
+@pytest.fixture(scope="module")
+def slow_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("slow-repo")
+    save_slow_mlp(root / "slow" / "1")
+    return root
+
+
+@pytest.fixture(scope="module")
+def slow_server(slow_repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    logs = tmp_path_factory.mktemp("slow-logs")
+    running = start_server(slow_repository, log_path=logs / "server.log", token=TOKEN)
+    yield running
+    running.stop()
+
+
 def test_concurrent_requests_are_merged_and_answered_correctly(
-    server: ServerProcess, repository: Path
+    slow_server: ServerProcess, slow_repository: Path
 ):
+    """A model whose runs take milliseconds runs on its thread; requests that come while it
+    runs wait in the queue and share the next run."""
     rng = np.random.default_rng(0)
     merged = False
     for _ in range(5):
-        before = _batch_stats(server, "mlp", "2")
+        before = _batch_stats(slow_server, "slow", "1")
         rows = [rng.standard_normal((1 + i % 3, 4)).astype(np.float32) for i in range(32)]
         responses = _fire(
-            server,
-            [("/v2/models/mlp/infer", {"inputs": [json_input("x", "FP32", x)]}) for x in rows],
+            slow_server,
+            [("/v2/models/slow/infer", {"inputs": [json_input("x", "FP32", x)]}) for x in rows],
         )
         for x, response in zip(rows, responses, strict=True):
             assert response.status_code == 200, response.text
-            expected = reference(repository, "mlp", 2, {"x": x})
+            expected = reference(slow_repository, "slow", 1, {"x": x})
             np.testing.assert_allclose(decode_response(response)["probs"], expected["probs"], 1e-5)
-        after = _batch_stats(server, "mlp", "2")
+        after = _batch_stats(slow_server, "slow", "1")
         runs, requests = after[0] - before[0], after[1] - before[1]
         assert requests == 32
         if runs < requests:
             merged = True
             break
     assert merged, "32 concurrent requests never shared an onnxruntime run"
+
+
+def test_a_quick_model_answers_each_request_at_once(server: ServerProcess, repository: Path):
+    """Runs of a few microseconds are not worth a queue: concurrent requests to the small mlp
+    each run alone, inline, without waiting, and are all answered correctly."""
+    rng = np.random.default_rng(1)
+    before = _batch_stats(server, "mlp", "2")
+    rows = [rng.standard_normal((1 + i % 3, 4)).astype(np.float32) for i in range(32)]
+    responses = _fire(
+        server, [("/v2/models/mlp/infer", {"inputs": [json_input("x", "FP32", x)]}) for x in rows]
+    )
+    for x, response in zip(rows, responses, strict=True):
+        assert response.status_code == 200, response.text
+        expected = reference(repository, "mlp", 2, {"x": x})
+        np.testing.assert_allclose(decode_response(response)["probs"], expected["probs"], 1e-5)
+    after = _batch_stats(server, "mlp", "2")
+    runs, requests, alone = (a - b for a, b in zip(after, before, strict=True))
+    assert requests == 32
+    assert runs == requests == alone
 
 
 def test_requests_with_different_shapes_are_never_merged(server: ServerProcess):

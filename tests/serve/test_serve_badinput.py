@@ -7,6 +7,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,20 +33,41 @@ GOOD_X = [[0.5, -1.0, 2.0, 0.25]]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("badinput-repo")
     save_mlp(root / "mlp" / "1", seed=1)
     save_pair(root / "pair" / "1")
     save_text(root / "text" / "1")
     save_lookup(root / "lookup" / "1")
-    running = start_server(
-        root,
+    return root
+
+
+def _start(repository: Path, logs: Path, *args: str) -> ServerProcess:
+    return start_server(
+        repository,
         "--max-body-bytes",
         str(MAX_BODY),
         "--max-queue-delay-ms",
         "50",
-        log_path=tmp_path_factory.mktemp("badinput-logs") / "server.log",
+        *args,
+        log_path=logs / "server.log",
         token=TOKEN,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    running = _start(repository, tmp_path_factory.mktemp("badinput-logs"))
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+@pytest.fixture(scope="module")
+def merging_server(repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Every run on the model's thread (``--inline-run-us 0``), so concurrent requests to the
+    quick lookup model are merged."""
+    running = _start(
+        repository, tmp_path_factory.mktemp("badinput-merging-logs"), "--inline-run-us", "0"
     )
     yield running
     assert running.stop() == 0, running.log()
@@ -243,7 +265,8 @@ def test_bad_request_is_refused_and_the_server_keeps_serving(
     np.testing.assert_allclose(decode_response(good)["logits"], expected, rtol=1e-5)
 
 
-def test_one_bad_request_in_a_merged_batch_fails_alone(server: ServerProcess):
+def test_one_bad_request_in_a_merged_batch_fails_alone(merging_server: ServerProcess):
+    server = merging_server
     indices = [9 if i % 4 == 3 else i % 5 for i in range(16)]
     barrier = threading.Barrier(len(indices))
 
@@ -255,8 +278,8 @@ def test_one_bad_request_in_a_merged_batch_fails_alone(server: ServerProcess):
             barrier.wait()
             return c.post("/v2/models/lookup/infer", json=payload)
 
-    # Whether the burst is merged depends on timing (a quick model may answer a request on the
-    # event loop before the next one is read): repeat it until one was, checking every answer.
+    # Whether the burst is merged depends on timing (a request may be answered before the next
+    # one is read): repeat it until one was, checking every answer.
     for _ in range(10):
         with ThreadPoolExecutor(len(indices)) as pool:
             responses = list(pool.map(send, indices))

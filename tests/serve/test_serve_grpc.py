@@ -11,7 +11,6 @@ from pathlib import Path
 import grpc
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -25,6 +24,7 @@ from tests.helpers.serve import (
     free_port,
     launch,
     metric_value,
+    reference,
     save_mlp,
     save_slow,
     start_server,
@@ -78,14 +78,6 @@ def server(repository: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def client(server: GrpcServer) -> grpcclient.InferenceServerClient:
     return server.client()
-
-
-def reference(repository: Path, model: str, version: int, feeds: dict[str, np.ndarray]):
-    session = ort.InferenceSession(
-        str(repository / model / str(version) / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds), strict=True))
 
 
 def infer_input(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput:

@@ -217,9 +217,27 @@ def _runs(server: ServerProcess) -> float:
     return metric_value(text, "nbdeploy_batch_requests_count", model="churn", version="1")
 
 
+@pytest.fixture(scope="module")
+def merging_server(repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A server that runs every model on its thread (``--inline-run-us 0``): concurrent
+    requests to the quick churn model then wait for a run together and are merged."""
+    logs = tmp_path_factory.mktemp("tabular-merging-logs")
+    running = start_server(
+        repository,
+        "--max-queue-delay-ms",
+        "20",
+        "--inline-run-us",
+        "0",
+        log_path=logs / "server.log",
+    )
+    yield running
+    assert running.stop() == 0, running.log()
+
+
 def test_concurrent_tabular_requests_are_batched_and_each_answered(
-    server: ServerProcess, repository: Path
+    merging_server: ServerProcess, repository: Path
 ):
+    server = merging_server
     merged = False
     for attempt in range(5):
         requests, expected = [], []

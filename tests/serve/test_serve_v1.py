@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 import requests
 
@@ -20,6 +19,7 @@ from tests.helpers.serve import (
     build_repository,
     churn_frame,
     metric_value,
+    reference,
     save_churn,
     start_server,
 )
@@ -54,14 +54,6 @@ def server(repository: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> httpx.Client:
     return server.client()
-
-
-def reference(repository: Path, model: str, version: int, feeds: dict[str, np.ndarray]):
-    session = ort.InferenceSession(
-        str(repository / model / str(version) / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds), strict=True))
 
 
 # --- a client written for TF Serving ---------------------------------------------------------
