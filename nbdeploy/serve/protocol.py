@@ -72,8 +72,13 @@ ONNX_DATATYPES: dict[str, str] = {
     "tensor(string)": "BYTES",
 }
 
-_NUMPY_DATATYPES: dict[str, str] = {
-    dtype.name: name for name, dtype in DATATYPES.items() if name != "BYTES"
+# By dtype (a dict look-up; ``dtype.name`` is computed in Python on every access), then by
+# name for an equal dtype that is not the same object (another byte order, a subclass).
+_NUMPY_DATATYPES: dict[Any, str] = {
+    key: name
+    for name, dtype in DATATYPES.items()
+    if name != "BYTES"
+    for key in (dtype, dtype.name)
 }
 # numpy kinds a JSON list may hold for each target kind: no silent float -> int truncation.
 _JSON_KINDS: dict[str, str] = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
@@ -138,7 +143,9 @@ def datatype_of(array: np.ndarray) -> str:
     """The V2 datatype of a numpy array (object and unicode arrays are BYTES)."""
     if array.dtype.kind in "OUS":
         return "BYTES"
-    return _NUMPY_DATATYPES[array.dtype.name]
+    dtype = array.dtype
+    found = _NUMPY_DATATYPES.get(dtype)
+    return found if found is not None else _NUMPY_DATATYPES[dtype.name]
 
 
 def parse_header_length(value: str | None, body_size: int) -> int | None:
