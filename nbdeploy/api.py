@@ -321,7 +321,7 @@ def get(name: str) -> Endpoint:
     """The active deployment called ``name``; works again after a kernel restart."""
     from nbdeploy import deployment
 
-    return Endpoint(deployment.current(name))
+    return Endpoint(deployment.current_record(name))
 
 
 def undeploy(name: str) -> list[int]:

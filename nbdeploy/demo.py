@@ -243,10 +243,10 @@ def write_demo(
     """
     import nbformat
 
-    from nbdeploy.deployment import current
+    from nbdeploy.deployment import current_record
     from nbdeploy.repository import ModelRepository
 
-    serving = current(name)
+    serving = current_record(name)
     artifact = ModelRepository().get(name, serving.version)
     notebook = build_notebook(
         demo_spec(artifact, top_k=top_k), url=serving.url, token=serving.token
@@ -449,10 +449,10 @@ def inline_demo(name: str, *, top_k: int = DEFAULT_TOP_K) -> Any:
     :func:`demo_spec`), calling the same endpoint from the kernel, with the page's style.
     """
     from nbdeploy import _demo_template as page
-    from nbdeploy.deployment import current
+    from nbdeploy.deployment import current_record
     from nbdeploy.repository import ModelRepository
 
-    serving = current(name)
+    serving = current_record(name)
     artifact = ModelRepository().get(name, serving.version)
     spec = demo_spec(artifact, top_k=top_k)
     return page.show_demo(serving.url, serving.token, spec["model"], spec)
@@ -506,10 +506,10 @@ def links(name: str) -> dict[str, str | None]:
     """Where to open the endpoint and the demo of ``name``: through the Jupyter server this
     runs under when there is one (a path under its base URL, so a remote user's browser
     reaches it), else directly; the direct 127.0.0.1 URLs as ``*_direct``."""
-    from nbdeploy.deployment import current
+    from nbdeploy.deployment import current_record
     from nbdeploy.vocabulary import PROXY_PREFIX
 
-    serving = current(name)
+    serving = current_record(name)
     running = running_demo(name)
     demo_direct = running.url if running is not None else None
     found = {

@@ -807,9 +807,6 @@ def current_record(name: str) -> Deployment:
     return record
 
 
-current = current_record
-
-
 def _stable_record(name: str) -> Deployment | None:
     store = Store()
     rows = store.deployments(name=name)

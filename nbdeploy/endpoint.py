@@ -145,6 +145,11 @@ class Endpoint:
         """Stop this name's server and retire every version it held."""
         deployment.stop(self.record)
 
+    @property
+    def network(self) -> str | None:
+        """A container's network mode (``host`` or ``bridge``), None for a local process."""
+        return self.record.handle.get("network")
+
     def view(self) -> DeploymentView:
         """What every surface shows of this deployment, with its live status."""
         from nbdeploy.demo import demo_url
@@ -171,7 +176,7 @@ class Endpoint:
             demo_url=demo_url(self.name),
             versions=versions,
             guard=guard,
-            network=self.record.handle.get("network"),
+            network=self.network,
             drift=deployment.drift_flag(self.name),
         )
 

@@ -290,7 +290,7 @@ class DeploymentView:
     @property
     def runtime_text(self) -> str:
         """``docker (host network)``: the runtime, and a container's network, as surfaces say it."""
-        return f"{self.runtime} ({self.network} network)" if self.network else self.runtime
+        return runtime_text(self.runtime, self.network)
 
     @property
     def traffic(self) -> dict[int, int]:
@@ -376,3 +376,8 @@ def emit(progress: Progress | None, stage: Stage, message: str, *, detail: bool 
     """Report one step to ``progress`` when the caller asked for progress."""
     if progress is not None:
         progress(ProgressEvent(stage, message, detail))
+
+
+def runtime_text(runtime: str, network: str | None) -> str:
+    """``docker (host network)``: a runtime, and a container's network, as surfaces say it."""
+    return f"{runtime} ({network} network)" if network else runtime

@@ -12,6 +12,7 @@ import {
   IVersionStats
 } from './api';
 import { ILine, lineChart, Point, spanOf, versionLines } from './charts';
+import { element, ms } from './dom';
 
 /**
  * Seconds between reloads of the charts, and of the drift report (which moves slowly: its
@@ -28,32 +29,6 @@ const RECENT_SECONDS = 5;
 const MAX_FEATURES = 8;
 
 type RecentKey = 'p50_ms' | 'batch_size' | 'queue_ms';
-
-function element<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className: string,
-  text?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
-}
-
-function ms(value: number | null): string {
-  if (value === null || !Number.isFinite(value)) {
-    return '-';
-  }
-  if (value >= 100) {
-    return value.toFixed(0);
-  }
-  if (value >= 10) {
-    return value.toFixed(1);
-  }
-  return value >= 1 ? value.toFixed(2) : value.toFixed(3);
-}
 
 function share(value: number | null, digits = 0): string {
   return value === null ? '-' : `${(value * 100).toFixed(digits)}%`;
@@ -189,8 +164,8 @@ export class MonitorView extends Widget {
   private _draw(report: IStatsReport): void {
     const total = report.total;
     this._summary.textContent =
-      `${total.request_rate.toFixed(1)} req/s · p50 ${ms(total.p50_ms)} ms · ` +
-      `p99 ${ms(total.p99_ms)} ms · ${share(total.error_rate, 1)} errors over the last ` +
+      `${total.request_rate.toFixed(1)} req/s · p50 ${ms(total.p50_ms, '-')} ms · ` +
+      `p99 ${ms(total.p99_ms, '-')} ms · ${share(total.error_rate, 1)} errors over the last ` +
       `${Math.round(report.window_s)} s · updated ${new Date().toLocaleTimeString()}`;
     this._summary.dataset.rate = String(total.request_rate);
     const span = spanOf(report, WINDOW_SECONDS);
@@ -268,11 +243,11 @@ export class MonitorView extends Widget {
           row === report.total ? 'all' : `v${row.version}`,
           row.request_rate.toFixed(2),
           share(row.error_rate, 1),
-          ms(row.p50_ms),
-          ms(row.p95_ms),
-          ms(row.p99_ms),
+          ms(row.p50_ms, '-'),
+          ms(row.p95_ms, '-'),
+          ms(row.p99_ms, '-'),
           row.batch_size === null ? '-' : row.batch_size.toFixed(2),
-          ms(row.queue_ms),
+          ms(row.queue_ms, '-'),
           share(row.share)
         ]) {
           line.append(element('td', '', cell));

@@ -16,6 +16,7 @@ import {
 } from './api';
 import { spanOf, sparkline, totalRate, worstP99, lastValue } from './charts';
 import { DeploymentsModel, SPARKLINE_WINDOW_SECONDS } from './model';
+import { element, ms } from './dom';
 
 const STATUS_CLASSES: Record<string, string> = {
   running: 'nbdeploy-status-ok',
@@ -30,19 +31,6 @@ export interface IDeploymentsActions {
   openLogs(name: string): void;
   openMonitor(name: string): void;
   insertDeployPanel(): void;
-}
-
-function element<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className: string,
-  text?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
 }
 
 function button(
@@ -80,19 +68,6 @@ const EMPTY_STATE_MAGIC = '%deploy model --sample x[:8] --name my-model';
 /**
  * Milliseconds as nbdeploy's Python side prints them (`nbdeploy._format.ms`).
  */
-function ms(value: number | null): string {
-  if (value === null || value === undefined || !Number.isFinite(value)) {
-    return '';
-  }
-  if (value >= 100) {
-    return value.toFixed(0);
-  }
-  if (value >= 10) {
-    return value.toFixed(1);
-  }
-  return value >= 1 ? value.toFixed(2) : value.toFixed(3);
-}
-
 /**
  * The latency a row shows, and where it was measured: over HTTP on this endpoint, in-process
  * only (said so), or nothing measured yet (never a made-up 0.00 ms).

@@ -407,10 +407,7 @@ class DeployMagic(Magics):
     @line_magic
     def promote(self, line: str) -> VersionsView:
         """Give a candidate version all the traffic and make it the stable one."""
-        with self.readable_errors():
-            args = self._parse(self.promote, line)
-            endpoint = self._change(api.promote, _unquote(args.name), args.version)
-            return VersionsView.of(endpoint.view(), f"promoted v{endpoint.version}")
+        return self._move(self.promote, line, api.promote, "promoted v{}")
 
     @magic_arguments()
     @argument("name", metavar="NAME", help="the deployment")
@@ -423,10 +420,16 @@ class DeployMagic(Magics):
     @line_magic
     def rollback(self, line: str) -> VersionsView:
         """Send all traffic back to the stable version (or serve an earlier version)."""
+        return self._move(self.rollback, line, api.rollback, "rolled back to v{}")
+
+    def _move(
+        self, magic: Callable[..., Any], line: str, change: Callable[..., Any], done: str
+    ) -> VersionsView:
+        """``NAME [-v VERSION]`` magics that move traffic (``%promote``, ``%rollback``)."""
         with self.readable_errors():
-            args = self._parse(self.rollback, line)
-            endpoint = self._change(api.rollback, _unquote(args.name), args.version)
-            return VersionsView.of(endpoint.view(), f"rolled back to v{endpoint.version}")
+            args = self._parse(magic, line)
+            endpoint = self._change(change, _unquote(args.name), args.version)
+            return VersionsView.of(endpoint.view(), done.format(endpoint.version))
 
     @magic_arguments()
     @argument("name", metavar="NAME", help="the deployment")

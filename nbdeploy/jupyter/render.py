@@ -24,7 +24,7 @@ from nbdeploy import _format
 from nbdeploy._types import Signature
 from nbdeploy.artifact import ModelArtifact
 from nbdeploy.bench import BenchmarkReport
-from nbdeploy.vocabulary import DeploymentView, ProgressEvent, VersionView
+from nbdeploy.vocabulary import DeploymentView, ProgressEvent, VersionView, runtime_text
 
 MAX_INLINE_ELEMENTS = 4096
 CARD_STYLE = (
@@ -426,7 +426,7 @@ class DeploySummary:
         return cls(
             name=endpoint.name,
             version=int(served.version or endpoint.version),
-            runtime=endpoint.view().runtime_text,
+            runtime=runtime_text(endpoint.runtime, endpoint.network),
             url=endpoint.url,
             status=endpoint.status,
             token=endpoint.token,
