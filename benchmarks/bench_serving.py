@@ -498,6 +498,27 @@ def python_grpc_c1(
     return percentiles(times)
 
 
+def python_grpc_live_c1(grpc_url: str, calls: int) -> dict[str, float]:
+    """p50/p99 of sequential ServerLive calls: what a call costs the gRPC stack itself (no
+    token, no tensor, no model), with the same client as ``python_grpc_c1``."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    address = grpc_url.split("://", 1)[-1].rstrip("/")
+    request = service_pb2.ServerLiveRequest()
+    times = []
+    with grpc.insecure_channel(address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for i in range(calls + calls // 10):
+            began = time.perf_counter_ns()
+            reply = stub.ServerLive(request, timeout=30)
+            if i >= calls // 10:
+                times.append((time.perf_counter_ns() - began) / 1e6)
+    if not reply.live:
+        raise RuntimeError(f"{grpc_url} is not live")
+    return percentiles(times)
+
+
 def percentiles(times: list[float]) -> dict[str, float]:
     times.sort()
     return {
@@ -710,6 +731,7 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - one linear script
                         "grpc_py_c1",
                         lambda u=grpc_url, e=ep: python_grpc_c1(u, e.token, e.name, x, calls),
                     ),
+                    ("grpc_live_py_c1", lambda u=grpc_url: python_grpc_live_c1(u, calls)),
                 ]
                 for key, measure in pair if r % 2 == 0 else pair[::-1]:
                     bin_t.rows.setdefault(key, []).append(measure())
@@ -891,16 +913,18 @@ def render(r: dict[str, Any]) -> str:
         lines += [
             "",
             "V2 gRPC against V2 REST binary at concurrency 1 (one Python client each, sequential"
-            " calls, interleaved):",
+            " calls, interleaved; the last column is a no-op call, ServerLive, on the same gRPC"
+            " port: what the gRPC stack itself costs a call):",
             "",
-            "| endpoint | REST binary p50 / p99 ms | gRPC p50 / p99 ms |",
-            "|---|---|---|",
+            "| endpoint | REST binary p50 / p99 ms | gRPC p50 / p99 ms | gRPC ServerLive p50 ms |",
+            "|---|---|---|---|",
         ]
         for row in grpc_rows:
             rest, grpc = row["rest_binary_py_c1"], row["grpc_py_c1"]
+            live = row.get("grpc_live_py_c1", {}).get("p50_ms", float("nan"))
             lines.append(
                 f"| {row['label'].replace(' binary', '')} | {rest['p50_ms']:.3f} / {rest['p99_ms']:.3f} |"
-                f" {grpc['p50_ms']:.3f} / {grpc['p99_ms']:.3f} |"
+                f" {grpc['p50_ms']:.3f} / {grpc['p99_ms']:.3f} | {live:.3f} |"
             )
     lines += [
         "",
