@@ -26,14 +26,14 @@ from typing import Any
 
 import grpc
 import numpy as np
-from prometheus_client import Counter, Histogram
 
 from . import __version__
 from ._proto import service_pb2 as pb
+from .access import LineWriter
 from .dataplane import OFFLOAD_BYTES, ServerState
 from .errors import ClientError, bad_request, quote
 from .limits import STRING_BYTES, Reservation, decoded_bytes, offload, output_cost
-from .metrics import LATENCY_BUCKETS
+from .metrics import LATENCY_BUCKETS, Counter, Histogram
 from .model import ModelVersion
 from .protocol import (
     DATATYPES,
@@ -123,6 +123,7 @@ class GrpcServer:
         self.port = port
         self.log_health = log_health
         self.server: grpc.aio.Server | None = None
+        self.lines = LineWriter(access_log)
         registry = state.metrics.registry
         self.requests = Counter(
             "nbdeploy_grpc_requests",
@@ -227,8 +228,8 @@ class GrpcServer:
                 self.requests.labels(method, code.name).inc()
                 self.latency.labels(method).observe(elapsed)
                 if self.log_health or method not in HEALTH_METHODS:
-                    access_log.info(
-                        '%s "gRPC %s" %s %.1fms', context.peer(), method, code.name, elapsed * 1000
+                    self.lines.info(
+                        f'{context.peer()} "gRPC {method}" {code.name} {elapsed * 1000:.1f}ms'
                     )
 
         return call

@@ -75,10 +75,7 @@ ONNX_DATATYPES: dict[str, str] = {
 # By dtype (a dict look-up; ``dtype.name`` is computed in Python on every access), then by
 # name for an equal dtype that is not the same object (another byte order, a subclass).
 _NUMPY_DATATYPES: dict[Any, str] = {
-    key: name
-    for name, dtype in DATATYPES.items()
-    if name != "BYTES"
-    for key in (dtype, dtype.name)
+    key: name for name, dtype in DATATYPES.items() if name != "BYTES" for key in (dtype, dtype.name)
 }
 # numpy kinds a JSON list may hold for each target kind: no silent float -> int truncation.
 _JSON_KINDS: dict[str, str] = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
