@@ -39,8 +39,10 @@ Result = dict[str, np.ndarray]
 
 # A group of at most INLINE_BYTES of input runs on the event loop while the model's recent
 # runs of such groups took under INLINE_S (a moving average; ``--inline-run-us``, 0 = never);
-# slower models use their thread. Each run counts for at most 2 * INLINE_S in the average: one run held up by the machine (a
-# preempted core, the GIL busy elsewhere) does not take a quick model off the loop.
+# slower models use their thread. A run is timed by the CPU time of the thread that runs it:
+# a core taken by another process, or a thread's wait for the GIL (a quick model's run on its
+# thread waits for the busy event loop to let go of it), would otherwise make a quick model
+# look slow and keep it off the loop. Each run counts for at most 2 * INLINE_S.
 INLINE_BYTES = 64 << 10
 INLINE_S = 0.0005
 
@@ -140,12 +142,12 @@ class Batcher:
         """Run one request inline, accounted as a batch of one that did not wait."""
         wanted = set(outputs)
         names = [info.name for info in self.model.outputs if info.name in wanted]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         try:
             results = self.model.run(feeds, names)
         finally:
             elapsed = time.perf_counter() - started
-            self._small_run_s = 0.8 * self._small_run_s + 0.2 * min(elapsed, 2 * self._inline_s)
+            self._observe_small_run(time.thread_time() - cpu)
         first = next(iter(feeds.values()))
         rows = int(first.shape[0]) if first.ndim else 1
         counters = self._counters
@@ -264,13 +266,16 @@ class Batcher:
     def _compute(self, group: list[_Item], small: bool = False) -> list[Result | BaseException]:
         """One merged run, or each request alone if the merged run fails (on the worker
         thread, or inline for a quick ``small`` group)."""
-        started = time.perf_counter()
+        cpu = time.thread_time()
         try:
             return self._compute_group(group)
         finally:
             if small:
-                elapsed = time.perf_counter() - started
-                self._small_run_s = 0.8 * self._small_run_s + 0.2 * min(elapsed, 2 * self._inline_s)
+                self._observe_small_run(time.thread_time() - cpu)
+
+    def _observe_small_run(self, seconds: float) -> None:
+        """Fold one small run's time into the average that decides where small runs go."""
+        self._small_run_s = 0.8 * self._small_run_s + 0.2 * min(seconds, 2 * self._inline_s)
 
     def _compute_group(self, group: list[_Item]) -> list[Result | BaseException]:
         if len(group) == 1:

@@ -17,7 +17,7 @@ from pathlib import Path
 import prometheus_client
 import pytest
 
-from nbdeploy.serve.access import LOG_FORMAT, LineWriter
+from nbdeploy.serve.access import FLUSH_S, LOG_FORMAT, LineWriter
 from nbdeploy.serve.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, Counter, Gauge, Histogram
 
 
@@ -100,9 +100,10 @@ def test_lines_look_like_logging_lines_and_rotate_alike(rotating, tmp_path: Path
             writer.info(f'127.0.0.1:5 "POST /v2/models/mlp/infer HTTP/1.1" 200 0.{index}ms é')
             if index % 7 == 0:
                 logger.info("through logging %d", index)  # the same file, in between
-        await asyncio.sleep(0)  # the loop's turn: the lines are flushed
+        await asyncio.sleep(FLUSH_S * 1.5)  # the lines are flushed on their own
 
     asyncio.run(write())
+    assert writer._unflushed is None
     files = sorted(tmp_path.iterdir())
     assert [f.name for f in files] == ["server.log", "server.log.1", "server.log.2", "server.log.3"]
     assert all(f.stat().st_size <= 2048 for f in files)
