@@ -260,3 +260,18 @@ def test_a_client_gone_while_its_request_waits_is_not_answered(server: ServerPro
     assert answers() - before < 6
     status, _, content = exchange(server.port, *CASES["slow model"], split=False)
     assert status == 200, content
+
+
+def test_pipelined_requests_behind_one_that_waits_are_answered_in_order(server: ServerProcess):
+    """A request to the slow model waits for its run; the two sent behind it on the same
+    connection (one whole, one to the quick model) are answered after it, in order."""
+    slow_head, slow_body = request("/v2/models/slow/infer", infer_body(id="first"))
+    second_head, second_body = request("/v2/models/slow/infer", infer_body(id="second"))
+    third_head, third_body = request("/v2/models/mlp/infer", infer_body(id="third"))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(slow_head + slow_body + second_head + second_body + third_head + third_body)
+        reader = sock.makefile("rb")
+        answers = [parse_response(read_response(reader)) for _ in range(3)]
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    assert [json.loads(body)["id"] for _, _, body in answers] == ["first", "second", "third"]
+    assert [json.loads(body)["model_name"] for _, _, body in answers] == ["slow", "slow", "mlp"]
