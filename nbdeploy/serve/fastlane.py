@@ -18,6 +18,7 @@ Every other request (and a body that needs more than one read) takes the ASGI la
 from __future__ import annotations
 
 import asyncio
+import http
 import json
 import logging
 import re
@@ -52,12 +53,11 @@ READ_HEADERS = frozenset(
         b"transfer-encoding",
     )  # fmt: skip
 )
-REASONS = {
-    200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
-    408: b"Request Timeout", 413: b"Content Too Large", 415: b"Unsupported Media Type",
-    422: b"Unprocessable Content", 499: b"Client Closed Request", 500: b"Internal Server Error",
-    503: b"Service Unavailable", 504: b"Gateway Timeout",
-}  # fmt: skip
+# Status lines as uvicorn writes them (the phrase of ``http.HTTPStatus``, none if it has none).
+STATUS_LINES = {
+    status: b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode())
+    for status in http.HTTPStatus
+}
 
 
 class FastLane:
@@ -250,7 +250,7 @@ def _error(exc: BaseException, scope: dict[str, Any]) -> tuple[int, bytes, dict[
 
 def _head(status: int, content: bytes, extra: dict[str, str], media_type: str) -> list[bytes]:
     lines = [
-        b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Error")),
+        STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status,
         b"content-length: %d\r\ncontent-type: %s\r\n" % (len(content), media_type.encode()),
     ]
     lines += [
