@@ -3,10 +3,14 @@ prints the same in the magic, the panel, the CLI, the benchmark report and the R
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import math
 import re
 import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 MAX_REASON = 300
 
@@ -23,6 +27,17 @@ def ms(value: float | None) -> str:
     if value >= 1:
         return f"{value:.2f}"
     return f"{value:.3f}"
+
+
+def figure_img(figure: Any, alt: str, dpi: int = 90) -> str:
+    """A matplotlib Figure as an HTML ``<img>`` carrying its PNG inline (any backend)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (
+        f"<img alt='{html.escape(alt, quote=True)}' src='data:image/png;base64,{encoded}'"
+        " style='max-width:100%'>"
+    )
 
 
 def size(size_bytes: int | None) -> str:

@@ -9,9 +9,7 @@ The reference is always the stable version: that is the one traffic falls back t
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -276,11 +274,7 @@ class CompareReport:
             figure = self.plot()
         except ImportError:
             return ""
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=90)
-        encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-        alt = html.escape(f"{self.name} versions compared", quote=True)
-        return f"<br><img alt='{alt}' src='data:image/png;base64,{encoded}' style='max-width:100%'>"
+        return "<br>" + _format.figure_img(figure, f"{self.name} versions compared")
 
 
 # --------------------------------------------------------------------------- live

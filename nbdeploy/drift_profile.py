@@ -7,8 +7,6 @@ The profile's features, bins and the population stability index come from
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -233,11 +231,8 @@ class DriftReport:
             import matplotlib.pyplot as plt
 
             figure = self.plot()
-            buffer = io.BytesIO()
-            figure.savefig(buffer, format="png", dpi=80)
+            picture = _format.figure_img(figure, f"drift of {self.name}", dpi=80)
             plt.close(figure)
-            encoded = base64.b64encode(buffer.getvalue()).decode()
-            picture = f"<img src='data:image/png;base64,{encoded}'/>"
         except ImportError:
             pass
         return (

@@ -194,15 +194,7 @@ def push(
         digest=digest,
         settings=settings.to_dict(),
     )
-    store.add_push(
-        name=name,
-        version=version,
-        sha256=sha256,
-        registry=registry,
-        reference=reference,
-        digest=digest,
-        settings=result.settings,
-    )
+    store.add_push(**asdict(result))
     store.add_event(name, "push", str(result), result.to_dict())
     emit(progress, "image", str(result))
     return result

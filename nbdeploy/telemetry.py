@@ -8,8 +8,6 @@ numbers mean the same as ``rate()`` and ``histogram_quantile()`` over the same w
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -141,12 +139,8 @@ class StatsReport:
             import matplotlib.pyplot as plt
 
             figure = self.plot()
-            buffer = io.BytesIO()
-            figure.savefig(buffer, format="png", dpi=80)
+            picture = _format.figure_img(figure, f"stats of {self.name}", dpi=80)
             plt.close(figure)
-            picture = (
-                f"<img src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'/>"
-            )
         except ImportError:
             pass
         return f"<pre>{html.escape(self.table())}</pre>{picture}"

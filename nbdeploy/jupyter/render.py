@@ -7,9 +7,7 @@ terminal without the caller having to know which it is in.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 import os
@@ -52,18 +50,6 @@ def html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return (
         f"<table style='{TABLE_STYLE}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     )
-
-
-def figure_png(figure: Any) -> bytes:
-    """A matplotlib Figure as PNG bytes (works with no pyplot backend configured)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
-
-
-def img_tag(png: bytes, alt: str) -> str:
-    encoded = base64.b64encode(png).decode("ascii")
-    return f"<img alt='{esc(alt)}' src='data:image/png;base64,{encoded}' style='max-width:100%'>"
 
 
 def has_measurements(report: BenchmarkReport | None) -> bool:
@@ -171,7 +157,7 @@ class BenchmarkView:
     def _repr_html_(self) -> str:
         parts = [f"<div style='{CARD_STYLE}'><b>{esc(self.title)}</b>", self.report._repr_html_()]
         if has_measurements(self.report):
-            parts.append(img_tag(figure_png(self.report.plot()), "latency plot"))
+            parts.append(_format.figure_img(self.report.plot(), "latency plot"))
         return "".join(parts) + "</div>"
 
     def __repr__(self) -> str:
@@ -482,7 +468,7 @@ class DeploySummary:
             parts.append("<h4 style='margin:8px 0 2px 0'>benchmark</h4>")
             parts.append(self.report._repr_html_())
             if has_measurements(self.report):
-                parts.append(img_tag(figure_png(self.report.plot()), "latency plot"))
+                parts.append(_format.figure_img(self.report.plot(), "latency plot"))
         parts.append("<h4 style='margin:8px 0 2px 0'>call it</h4>")
         parts.append(f"<pre style='{PRE_STYLE}'>{esc(self.curl())}</pre>")
         parts.append(f"<pre style='{PRE_STYLE}'>{esc(self.python())}</pre>")

@@ -7,7 +7,7 @@ and concurrent clients are gathered into one run as soon as they are all back. T
 axis 0, run on the model version's own worker thread (so the event loop never blocks) and the
 outputs are split back into views, one per request. Requests whose non-batch dimensions differ
 are never merged. A quick run (a small input on an ONNX model whose recent small runs took
-under ``INLINE_S``) is made on the event loop itself, as a bare route would: handing it to the
+under ``INLINE_RUN_S``) is made on the event loop itself, as a bare route would: handing it to the
 thread and back would cost more than the run. Such a request does not even queue (unless a
 group is on the model's thread): it runs at once, alone, since merging runs of a few
 microseconds would save less than the queue costs. If a merged run fails, every request in it is
@@ -32,19 +32,19 @@ import numpy as np
 from .errors import ClientError
 from .metrics import Metrics
 from .model import ModelVersion
+from .settings import INLINE_RUN_S
 
 log = logging.getLogger("nbdeploy.serve")
 
 Result = dict[str, np.ndarray]
 
 # A group of at most INLINE_BYTES of input runs on the event loop while the model's recent
-# runs of such groups took under INLINE_S (a moving average; ``--inline-run-us``, 0 = never);
+# runs of such groups took under INLINE_RUN_S (a moving average; ``--inline-run-us``, 0 = never);
 # slower models use their thread. A run is timed by the CPU time of the thread that runs it:
 # a core taken by another process, or a thread's wait for the GIL (a quick model's run on its
 # thread waits for the busy event loop to let go of it), would otherwise make a quick model
-# look slow and keep it off the loop. Each run counts for at most 2 * INLINE_S.
+# look slow and keep it off the loop. Each run counts for at most 2 * INLINE_RUN_S.
 INLINE_BYTES = 64 << 10
-INLINE_S = 0.0005
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Batcher:
         max_batch_size: int,
         max_queue_delay_s: float,
         enabled: bool,
-        inline_s: float = INLINE_S,
+        inline_s: float = INLINE_RUN_S,
     ) -> None:
         self.model = model
         self.enabled = enabled and model.batchable and max_batch_size > 1

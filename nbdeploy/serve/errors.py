@@ -51,3 +51,15 @@ def quote_names(names: list[str]) -> str:
     shown = ", ".join(quote(name) for name in names[:QUOTE_ITEMS])
     more = len(names) - QUOTE_ITEMS
     return f"[{shown}{f', ... {more} more' if more > 0 else ''}]"
+
+
+def name_problems(expected: list[str], given: list[str]) -> str | None:
+    """``missing [...], unexpected [...]`` when ``given`` names are not exactly ``expected``."""
+    missing = [name for name in expected if name not in given]
+    extra = [name for name in given if name not in expected]
+    problems = []
+    if missing:
+        problems.append(f"missing {quote_names(missing)}")
+    if extra:
+        problems.append(f"unexpected {quote_names(extra)}")
+    return ", ".join(problems) or None

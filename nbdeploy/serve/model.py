@@ -31,7 +31,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import (
     RuntimeException,
 )
 
-from .errors import ClientError, bad_request, not_found, quote, quote_names
+from .errors import ClientError, bad_request, name_problems, not_found, quote, quote_names
 from .protocol import DATATYPES, ONNX_DATATYPES, RequestedOutput, check_scores, classify
 
 MODEL_FILE = "model.onnx"
@@ -169,17 +169,11 @@ class ModelVersion:
         self, inputs: dict[str, np.ndarray], datatypes: dict[str, str]
     ) -> dict[str, np.ndarray]:
         """The request's tensors in model order, or a 400 naming what does not fit."""
-        missing = [name for name in self._input_names if name not in inputs]
-        extra = [name for name in inputs if name not in self._input_names]
-        if missing or extra:
-            problems = []
-            if missing:
-                problems.append(f"missing {quote_names(missing)}")
-            if extra:
-                problems.append(f"unexpected {quote_names(extra)}")
+        problems = name_problems(self._input_names, list(inputs))
+        if problems:
             raise bad_request(
                 f"model '{self.name}' expects inputs {self._input_names}; the request has"
-                f" {quote_names(list(inputs))} ({', '.join(problems)})"
+                f" {quote_names(list(inputs))} ({problems})"
             )
         feeds: dict[str, np.ndarray] = {}
         for info in self.inputs:

@@ -28,7 +28,6 @@ from uvicorn.config import STARTUP_FAILURE
 from . import __version__
 from .access import LOG_FORMAT, AccessLog
 from .app import create_app
-from .batching import INLINE_S
 from .connections import guarded_protocol
 from .cpus import available_cpus
 from .dataplane import ServerState
@@ -38,7 +37,7 @@ from .metrics import Metrics
 from .model import RepositoryError, check_default_version, discover, version_directory
 from .monitoring import LOG_MAX_BYTES, RequestLog
 from .routing import RoutingError, read_routing
-from .settings import Settings
+from .settings import INLINE_RUN_S, Settings
 
 if TYPE_CHECKING:
     from .grpc_service import GrpcServer
@@ -92,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--inline-run-us",
         type=_non_negative_float,
-        default=INLINE_S * 1e6,
+        default=INLINE_RUN_S * 1e6,
         help="run a small request on the event loop itself when the model's recent small runs"
         " took under this many microseconds (0: always on the model's thread, where concurrent"
         " requests are merged)",

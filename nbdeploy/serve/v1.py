@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .dataplane import OFFLOAD_BYTES, Encoded, ServerState
-from .errors import ClientError, bad_request, quote, quote_names
+from .errors import ClientError, bad_request, name_problems, quote
 from .limits import JSON_VALUE_BYTES, Reservation, json_values, offload, output_cost
 from .model import ModelVersion
 from .protocol import (
@@ -223,16 +223,9 @@ def _columns_of_rows(instances: Any, names: list[str], model: str) -> dict[str, 
     expected = set(names)
     for index, item in enumerate(instances):
         if set(item) != expected:
-            missing = [name for name in names if name not in item]
-            extra = [name for name in item if name not in expected]
-            problems = []
-            if missing:
-                problems.append(f"missing {quote_names(missing)}")
-            if extra:
-                problems.append(f"unexpected {quote_names(extra)}")
             raise bad_request(
                 f"instances[{index}] does not name the inputs of model '{model}', {names}"
-                f" ({', '.join(problems)})"
+                f" ({name_problems(names, list(item))})"
             )
     return {name: [item[name] for item in instances] for name in names}
 
