@@ -3,17 +3,12 @@ notebook whose cell shows ``nbd.get(name).demo()``, and its label is the endpoin
 
 from __future__ import annotations
 
-import subprocess
-import time
-import urllib.error
-import urllib.request
-
 import nbformat
 import pytest
 from nbformat import v4
 
 from tests.browser.test_demo_browser import endpoint_label, open_demo, predict, upload
-from tests.helpers.browser import chromium_context, chromium_missing, stop_process
+from tests.helpers.browser import chromium_context, chromium_missing, running_voila
 from tests.helpers.demo import ARTIFACTS, deploy_digits, nbdeploy_home, write_digit_png
 
 pytestmark = [
@@ -24,25 +19,7 @@ pytestmark = [
 NAME = "digits-inline"
 
 
-def _wait_for(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"voila exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url + "voila/static/", timeout=1.0):
-                return
-        except urllib.error.HTTPError:
-            return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.2)
-    raise RuntimeError(f"voila did not answer at {url} in {timeout:.0f} s")
-
-
 def test_a_cell_showing_ep_demo_predicts_the_endpoints_label(tmp_path_factory, tmp_path):
-    from nbdeploy.demo import voila_command, voila_env
-    from nbdeploy.runtimes.base import free_port
-
     home = tmp_path_factory.mktemp("inline-browser-home")
     with nbdeploy_home(home):
         endpoint = deploy_digits(NAME)
@@ -54,34 +31,22 @@ def test_a_cell_showing_ep_demo_predicts_the_endpoints_label(tmp_path_factory, t
             ),
             notebook,
         )
-        port = free_port()
-        log = open(tmp_path / "voila.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen(
-            voila_command(notebook, port),
-            env=voila_env(),
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
         try:
-            url = f"http://127.0.0.1:{port}/"
-            _wait_for(url, process)
-            png = write_digit_png(1500, tmp_path / "digit.png")
-            expected = endpoint_label(endpoint, png)
-            with chromium_context() as browser:
-                page = open_demo(browser, url)
-                upload(page, png)
-                page.wait_for_function(
-                    "() => (document.querySelector('img.nbd-preview')"
-                    ".getAttribute('src') || '') !== ''",
-                    timeout=90_000,
-                )
-                assert predict(page) == expected
-                assert endpoint.token not in page.content()
-                ARTIFACTS.mkdir(exist_ok=True)
-                page.screenshot(path=str(ARTIFACTS / "inline-demo.png"), full_page=True)
-                page.close()
+            with running_voila(notebook, tmp_path) as url:
+                png = write_digit_png(1500, tmp_path / "digit.png")
+                expected = endpoint_label(endpoint, png)
+                with chromium_context() as browser:
+                    page = open_demo(browser, url)
+                    upload(page, png)
+                    page.wait_for_function(
+                        "() => (document.querySelector('img.nbd-preview')"
+                        ".getAttribute('src') || '') !== ''",
+                        timeout=90_000,
+                    )
+                    assert predict(page) == expected
+                    assert endpoint.token not in page.content()
+                    ARTIFACTS.mkdir(exist_ok=True)
+                    page.screenshot(path=str(ARTIFACTS / "inline-demo.png"), full_page=True)
+                    page.close()
         finally:
-            stop_process(process)
-            log.close()
             endpoint.stop()

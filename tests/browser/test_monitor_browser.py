@@ -16,7 +16,6 @@ Reuses the JupyterLab fixtures of ``test_lab_browser.py``; screenshots land in
 from __future__ import annotations
 
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +33,6 @@ import nbdeploy as nbd
 from nbdeploy.telemetry import from_series
 from nbdeploy.vocabulary import DeploymentView, VersionView
 from tests.browser import test_lab_browser as lab_ui
-from tests.browser.test_inline_demo_browser import _wait_for as wait_for_voila
 from tests.browser.test_lab_browser import (
     ARTIFACTS,
     BUILT_EXTENSION,
@@ -44,7 +42,7 @@ from tests.browser.test_lab_browser import (
     run_from_palette,
     shoot,
 )
-from tests.helpers.browser import chromium_context, chromium_missing, stop_process
+from tests.helpers.browser import chromium_context, chromium_missing, running_voila
 from tests.helpers.onnx_models import save_linear
 from tests.jupyter.test_monitor import series
 
@@ -234,9 +232,6 @@ def test_sidebar_shows_the_drift_flag_and_the_stats_it_was_given(
 def test_monitor_widget_renders_and_updates_in_voila(
     tmp_path: Path, load: Any, nbdeploy_home: Path
 ) -> None:
-    from nbdeploy.demo import voila_command, voila_env
-    from nbdeploy.runtimes import free_port
-
     endpoint, sample = deploy_linear(tmp_path)
     try:
         load(endpoint, sample[:2])
@@ -253,41 +248,27 @@ def test_monitor_widget_renders_and_updates_in_voila(
             ),
             notebook,
         )
-        port = free_port()
-        with open(tmp_path / "voila.log", "wb") as log:
-            process = subprocess.Popen(
-                voila_command(notebook, port),
-                env=voila_env(),
-                cwd=tmp_path,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+        with running_voila(notebook, tmp_path) as url, chromium_context() as browser:
+            page = browser.new_page()
+            page.goto(url, timeout=90_000)
+            page.wait_for_selector("svg.nbd-chart[data-metric='request_rate']", timeout=90_000)
+            page.wait_for_function(
+                POSITIVE_LAST,
+                arg="svg.nbd-chart[data-metric='request_rate'] polyline[data-series='v1']",
+                timeout=60_000,
             )
-        try:
-            url = f"http://127.0.0.1:{port}/"
-            wait_for_voila(url, process)
-            with chromium_context() as browser:
-                page = browser.new_page()
-                page.goto(url, timeout=90_000)
-                page.wait_for_selector("svg.nbd-chart[data-metric='request_rate']", timeout=90_000)
-                page.wait_for_function(
-                    POSITIVE_LAST,
-                    arg="svg.nbd-chart[data-metric='request_rate'] polyline[data-series='v1']",
-                    timeout=60_000,
-                )
-                assert page.locator("svg.nbd-chart").count() == 5
-                header = page.locator(".nbd-rate").first
-                assert float(header.get_attribute("data-rate") or 0) > 0
-                # Pushed from the kernel's thread: the header's clock moves on by itself.
-                before = page.locator(".nbdeploy-monitor").first.inner_text()
-                page.wait_for_function(
-                    "(before) => document.querySelector('.nbdeploy-monitor').innerText !== before",
-                    arg=before,
-                    timeout=30_000,
-                )
-                ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(ARTIFACTS / "monitor-voila.png"), full_page=True)
-                page.close()
-        finally:
-            stop_process(process)
+            assert page.locator("svg.nbd-chart").count() == 5
+            header = page.locator(".nbd-rate").first
+            assert float(header.get_attribute("data-rate") or 0) > 0
+            # Pushed from the kernel's thread: the header's clock moves on by itself.
+            before = page.locator(".nbdeploy-monitor").first.inner_text()
+            page.wait_for_function(
+                "(before) => document.querySelector('.nbdeploy-monitor').innerText !== before",
+                arg=before,
+                timeout=30_000,
+            )
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "monitor-voila.png"), full_page=True)
+            page.close()
     finally:
         endpoint.stop()

@@ -33,13 +33,6 @@ def onnx_file(tmp_path: Path) -> Path:
     return save_linear(tmp_path / "linear.onnx", seed=0)
 
 
-@pytest.fixture
-def cleanup():
-    yield
-    for endpoint in nbd.deployments():
-        endpoint.stop()
-
-
 def test_deploy_onnx_file_serves_same_numbers(onnx_file: Path, cleanup) -> None:
     ep = nbd.deploy(onnx_file, name="linear", runtime="process")
     assert ep.url.startswith("http://127.0.0.1:")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import nbdeploy as nbd
 from nbdeploy.runtimes import docker_available
 from tests.helpers.onnx_models import save_linear
+from tests.helpers.waiting import wait_for
 
 pytestmark = [
     pytest.mark.docker,
@@ -31,15 +31,6 @@ def docker_env(monkeypatch: pytest.MonkeyPatch):
     yield
     for endpoint in nbd.deployments():
         endpoint.stop()
-
-
-def wait_for(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_deploy_on_docker_serves_v2_clients_and_survives_a_kill(docker_env, tmp_path: Path) -> None:

@@ -29,13 +29,6 @@ def linear(tmp_path: Path) -> Path:
     return save_linear(tmp_path / "linear.onnx", seed=0)
 
 
-@pytest.fixture
-def cleanup():
-    yield
-    for endpoint in nbd.deployments():
-        endpoint.stop()
-
-
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import stat
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 import nbdeploy as nbd
 from nbdeploy import cli
 from nbdeploy._errors import DeployError, InputError
+from tests.helpers.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -22,22 +22,6 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     features, labels = load_digits(return_X_y=True)
     order = np.random.default_rng(0).permutation(len(features))
     return features[order].astype(np.float32), labels[order]
-
-
-@pytest.fixture
-def cleanup():
-    yield
-    for endpoint in nbd.deployments():
-        endpoint.stop()
-
-
-def wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def classifier(features: np.ndarray, labels: np.ndarray, seed: int = 0):

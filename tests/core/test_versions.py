@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,6 +23,7 @@ from nbdeploy.routing import AdminClient, read_routing
 from nbdeploy.runtimes import docker_available
 from nbdeploy.store import Store
 from tests.helpers.onnx_models import save_linear
+from tests.helpers.waiting import wait_for
 
 X = np.random.default_rng(7).standard_normal((4, 4)).astype(np.float32)
 BODY = {
@@ -37,15 +37,6 @@ def expected(path: Path) -> np.ndarray:
     return ort.InferenceSession(str(path)).run(None, {"input": X})[0]
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
-
-
 @pytest.fixture
 def models(tmp_path: Path) -> dict[str, Path]:
     return {
@@ -53,13 +44,6 @@ def models(tmp_path: Path) -> dict[str, Path]:
         "b": save_linear(tmp_path / "b.onnx", seed=1),
         "c": save_linear(tmp_path / "c.onnx", seed=2),
     }
-
-
-@pytest.fixture
-def cleanup() -> Iterator[None]:
-    yield
-    for endpoint in nbd.deployments():
-        endpoint.stop()
 
 
 class RawClient:

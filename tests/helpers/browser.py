@@ -9,6 +9,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,3 +90,42 @@ def stop_process(process: subprocess.Popen[Any]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+
+
+@contextmanager
+def running_voila(notebook: Path, cwd: Path, timeout: float = 90.0) -> Iterator[str]:
+    """Serve ``notebook`` with Voila as nbdeploy launches it (log in ``cwd/voila.log``); yield
+    its URL once it answers, stop it afterwards."""
+    from nbdeploy.demo import voila_command, voila_env
+    from nbdeploy.runtimes.base import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with open(cwd / "voila.log", "wb") as log:
+        process = subprocess.Popen(
+            voila_command(notebook, port),
+            env=voila_env(),
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_for_voila(url, process, timeout)
+            yield url
+        finally:
+            stop_process(process)
+
+
+def _wait_for_voila(url: str, process: subprocess.Popen[Any], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"voila exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "voila/static/", timeout=1.0):
+                return
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    raise RuntimeError(f"voila did not answer at {url} in {timeout:.0f} s")
