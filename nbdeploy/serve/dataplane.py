@@ -29,7 +29,7 @@ from .limits import (
     offload,
     output_cost,
 )
-from .metrics import Metrics
+from .metrics import Metrics, Readings
 from .model import ModelVersion, Repository, RepositoryError, load_repository
 from .monitoring import DriftCollector, Observer, RequestLog, Sampler
 from .protocol import (
@@ -76,6 +76,25 @@ class ServerState:
         self.on_failure: Callable[[], None] = lambda: None
         self.budget = MemoryBudget(settings.memory_budget_bytes)
         self.in_flight = 0
+        metrics.registry.register(
+            Readings(
+                {
+                    "nbdeploy_requests_in_flight": (
+                        "Infer requests admitted and not yet answered (at most --max-concurrency).",
+                        lambda: self.in_flight,
+                    ),
+                    "nbdeploy_memory_budget_used_bytes": (
+                        "Bytes of the memory budget held by the requests in flight and by"
+                        " worker threads still running for them.",
+                        lambda: self.budget.used,
+                    ),
+                    "nbdeploy_memory_budget_bytes": (
+                        "The memory budget the requests in flight share (--memory-budget-bytes).",
+                        lambda: self.budget.total,
+                    ),
+                }
+            )
+        )
 
     @property
     def ready(self) -> bool:

@@ -112,6 +112,9 @@ class FastLane:
         task = loop.create_task(self._go_on(protocol, cycle, work, waiting_on, started))
         protocol.tasks.add(task)  # a graceful shutdown waits for it, as for ASGI tasks
         task.add_done_callback(protocol.tasks.discard)
+        # A task cancelled before its first step never runs ``_go_on``: closing ``work`` then
+        # still ends its ``with`` blocks (the request's slot and memory); once done, a no-op.
+        task.add_done_callback(lambda _: work.close())
         return task
 
     async def _answer(self, call: Call, body: bytes, scope: dict[str, Any]) -> Encoded:
@@ -143,9 +146,6 @@ class FastLane:
                 outcome = await _resume(work, waiting_on)
         except TimeoutError:
             outcome = past_deadline(seconds)
-        except asyncio.CancelledError:
-            work.close()
-            raise
         except Exception as exc:  # noqa: BLE001
             outcome = exc
         self._reply(protocol, cycle, outcome, started)

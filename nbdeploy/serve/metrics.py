@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -128,6 +128,18 @@ class Family(Collector):
                 histogram.add_sample(f"{self.name}_count", labels, count)
                 histogram.add_sample(f"{self.name}_sum", labels, child.sum)
             yield histogram
+
+
+class Readings(Collector):
+    """Gauges read from the server's live state when scraped: nothing to keep up to date on
+    the request path. ``readings`` maps each name to its help text and how to read it."""
+
+    def __init__(self, readings: dict[str, tuple[str, Callable[[], float]]]) -> None:
+        self.readings = readings
+
+    def collect(self) -> Iterator[Metric]:
+        for name, (documentation, read) in self.readings.items():
+            yield GaugeMetricFamily(name, documentation, value=read())
 
 
 def Counter(name: str, documentation: str, labelnames: list[str], *, registry: Any) -> Family:  # noqa: N802 - named as the type it stands for

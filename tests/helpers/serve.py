@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from tests.helpers.waiting import wait_for
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MLP_LABELS = ["setosa", "versicolor", "virginica"]
 SLOW_LOOP_ITERATIONS = 300_000
@@ -719,6 +721,22 @@ def metrics_text(server: ServerProcess) -> str:
 def metric_value(text: str, name: str, **labels: str) -> float:
     """The sum of the matching samples (0 when there are none)."""
     return sum(value for _, value in metric_samples(text, name, **labels))
+
+
+def held_by_requests(server: ServerProcess) -> tuple[float, float]:
+    """Infer requests in flight and the bytes of the memory budget they hold."""
+    text = metrics_text(server)
+    return (
+        metric_value(text, "nbdeploy_requests_in_flight"),
+        metric_value(text, "nbdeploy_memory_budget_used_bytes"),
+    )
+
+
+def assert_all_given_back(server: ServerProcess, timeout: float = 30.0) -> None:
+    """Every request slot and byte of the memory budget comes back once the requests (and
+    the worker threads still running for them) are done: none leaks, whatever befell them."""
+    wait_for(lambda: held_by_requests(server) == (0, 0), timeout=timeout)
+    assert held_by_requests(server) == (0, 0)
 
 
 def binary_body(

@@ -19,6 +19,7 @@ import pytest
 
 from tests.helpers.serve import (
     ServerProcess,
+    assert_all_given_back,
     build_repository,
     metric_value,
     metrics_text,
@@ -259,6 +260,7 @@ def test_a_client_gone_while_its_request_waits_is_not_answered(server: ServerPro
         time.sleep(0.05)
     assert '"POST /v2/models/slow/infer HTTP/1.1" 499' in server.log()
     assert answers() - before < 6
+    assert_all_given_back(server)
     status, _, content = exchange(server.port, *CASES["slow model"], split=False)
     assert status == 200, content
 
