@@ -26,7 +26,6 @@ from .limits import (
     MemoryBudget,
     Reservation,
     json_values,
-    offload,
     output_cost,
 )
 from .metrics import Metrics, Readings
@@ -47,10 +46,6 @@ from .settings import Settings
 from .traffic import Router
 
 log = logging.getLogger("nbdeploy.serve")
-
-# Work on more bytes than this (decode, checks, classification, encode) runs in a worker
-# thread; below it, the thread hop would cost more than the work.
-OFFLOAD_BYTES = 64 << 10
 
 Encoded = tuple[bytes, dict[str, str], str]
 # Makes a response from (model, request id, outputs wanted, their arrays); see ServerState.infer.
@@ -74,7 +69,7 @@ class ServerState:
         self.stopping = False
         self.failure: str | None = None
         self.on_failure: Callable[[], None] = lambda: None
-        self.budget = MemoryBudget(settings.memory_budget_bytes)
+        self.budget = MemoryBudget(settings.memory_budget_bytes, settings.request_workers)
         self.in_flight = 0
         metrics.registry.register(
             Readings(
@@ -284,7 +279,7 @@ class ServerState:
         header's shapes before building any tensor. Returns it with the outputs the client
         wants and the extra ones the server needs."""
         text = body if header_length is None else body[:header_length]
-        values = await self._work(reservation, len(text), json_values, text)
+        values = await reservation.work(len(text), json_values, text)
         limit = self.settings.max_json_elements
         if values > limit:
             raise ClientError(
@@ -295,14 +290,14 @@ class ServerState:
             )
         parsing = len(body) + len(text) + values * JSON_VALUE_BYTES
         reservation.resize(parsing, "parsing this request")
-        header = await self._work(reservation, len(text), read_header, body, header_length)
+        header = await reservation.work(len(text), read_header, body, header_length)
         model = served.model
         wanted = model.check_outputs(header.outputs, header.binary_output)
         compared = self._extra_outputs(served, wanted, routed)
         reservation.resize(
             parsing + self._estimate(served, header, values, wanted, compared), "this request"
         )
-        decoded = await self._work(reservation, len(body), build_request, header, body)
+        decoded = await reservation.work(len(body), build_request, header, body)
         return decoded, wanted, compared
 
     def _extra_outputs(
@@ -375,9 +370,7 @@ class ServerState:
         started = time.perf_counter()
         model = served.model
         size = sum(array.nbytes for array in decoded.inputs.values())
-        feeds = await self._work(
-            reservation, size, model.check_inputs, decoded.inputs, decoded.datatypes
-        )
+        feeds = await reservation.work(size, model.check_inputs, decoded.inputs, decoded.datatypes)
         if checked is None:
             wanted = model.check_outputs(decoded.outputs, decoded.binary_output)
             extra = self._extra_outputs(served, wanted, routed)
@@ -392,8 +385,7 @@ class ServerState:
             if isinstance(exc, ClientError):
                 exc.model_failure = True
             raise
-        encoded = await self._work(
-            reservation,
+        encoded = await reservation.work(
             sum(results[out.name].nbytes for out in wanted),
             encode or self._encode,
             model,
@@ -434,14 +426,6 @@ class ServerState:
             tensors,
             self.settings.max_json_elements,
         )
-
-    async def _work(
-        self, reservation: Reservation, size: int, function: Callable[..., Any], *args: Any
-    ) -> Any:
-        """``function(*args)``, in a worker thread when it works on more than OFFLOAD_BYTES."""
-        if size > OFFLOAD_BYTES:
-            return await offload(reservation, function, *args)
-        return function(*args)
 
     def _record(self, served: Served, started: float, *, error: bool) -> None:
         if self.router is not None:

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from .app import Call, Headers, answer_infer, decode_content, gone, past_deadline, reserve_declared
 from .connections import DISCONNECTED
-from .dataplane import OFFLOAD_BYTES, Encoded, ServerState
+from .dataplane import Encoded, ServerState
 from .errors import ClientError
-from .limits import Reservation
+from .limits import OFFLOAD_BYTES, Reservation
 
 if TYPE_CHECKING:
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle

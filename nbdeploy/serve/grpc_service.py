@@ -30,9 +30,9 @@ import numpy as np
 from . import __version__
 from ._proto import service_pb2 as pb
 from .access import LineWriter
-from .dataplane import OFFLOAD_BYTES, ServerState
+from .dataplane import ServerState
 from .errors import ClientError, bad_request, quote
-from .limits import STRING_BYTES, Reservation, decoded_bytes, offload, output_cost
+from .limits import STRING_BYTES, Reservation, decoded_bytes, output_cost
 from .metrics import LATENCY_BUCKETS, Counter, Histogram
 from .model import ModelVersion
 from .protocol import (
@@ -305,7 +305,7 @@ class GrpcServer:
             model = served.model
             size = request.ByteSize()
             reservation.resize(size + _input_bound(request), "decoding this request")
-            decoded = await _work(reservation, size, decode_request, request)
+            decoded = await reservation.work(size, decode_request, request)
             wanted = model.check_outputs(decoded.outputs, True)
             reservation.resize(
                 size + _estimate(model, decoded, wanted, served.batcher.enabled), "this request"
@@ -519,13 +519,6 @@ def _estimate(
         for out in wanted
     ]
     return inputs + output_cost(outputs, rows, sum(array.size for array in arrays))
-
-
-async def _work(reservation: Reservation, size: int, function: Any, *args: Any) -> Any:
-    """``function(*args)``, in a worker thread when it works on more than OFFLOAD_BYTES."""
-    if size > OFFLOAD_BYTES:
-        return await offload(reservation, function, *args)
-    return function(*args)
 
 
 @contextlib.asynccontextmanager

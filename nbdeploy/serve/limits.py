@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,13 @@ JSON_OUTPUT_BYTES = 80
 STRING_BYTES = 96
 # One "score:index:label" string per classification result.
 CLASS_RESULT_BYTES = 160
-# Threads for decoding, checking and encoding. Much of that work holds the GIL, and the event
-# loop thread waits for the GIL behind every busy one: few threads keep health checks fast.
-WORKERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="request-work")
+# Work on more bytes than this (decode, checks, classification, encode) runs in a worker
+# thread; below it, the thread hop would cost more than the work.
+OFFLOAD_BYTES = 64 << 10
+# Worker threads for that work (``--request-workers``). Much of it holds the GIL, and the event
+# loop thread waits for the GIL behind every busy one: with two, a flood of big JSON requests
+# kept /v2/health/live waiting 115-251 ms, with one 54-101 ms (benchmarks/bench_flood.py).
+REQUEST_WORKERS = 1
 
 
 def default_budget() -> int:
@@ -61,11 +65,13 @@ def default_budget() -> int:
 
 
 class MemoryBudget:
-    """Bytes the requests in flight may use together. Used from the event loop only."""
+    """Bytes the requests in flight may use together, and the worker threads that do their
+    big work. Used from the event loop only."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, workers: int = REQUEST_WORKERS) -> None:
         self.total = total
         self.used = 0
+        self.workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="request-work")
 
     def reservation(self) -> Reservation:
         return Reservation(self)
@@ -100,6 +106,15 @@ class Reservation:
         budget.used += size - self.held
         self.held = size
 
+    async def work(self, size: int, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)``, in a worker thread when it works on more than
+        ``OFFLOAD_BYTES``, with this request's memory held until that thread is done."""
+        if size <= OFFLOAD_BYTES:
+            return function(*args)
+        future = asyncio.get_running_loop().run_in_executor(self.budget.workers, function, *args)
+        self.watch(future)
+        return await future
+
     def watch(self, future: asyncio.Future[Any]) -> None:
         """Keep the memory held until ``future`` (a worker thread's job) is done, even if the
         request is cancelled first: a thread cannot be stopped, its memory is still in use."""
@@ -122,13 +137,6 @@ class Reservation:
     def _give_back(self) -> None:
         self.budget.used -= self.held
         self.held = 0
-
-
-async def offload(reservation: Reservation, function: Any, *args: Any) -> Any:
-    """Run ``function`` in a worker thread, its memory held by ``reservation`` until it ends."""
-    future = asyncio.get_running_loop().run_in_executor(WORKERS, function, *args)
-    reservation.watch(future)
-    return await future
 
 
 def json_values(text: bytes) -> int:

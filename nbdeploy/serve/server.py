@@ -32,7 +32,7 @@ from .connections import guarded_protocol
 from .cpus import available_cpus
 from .dataplane import ServerState
 from .fastlane import FastLane
-from .limits import default_budget
+from .limits import REQUEST_WORKERS, default_budget
 from .metrics import Metrics
 from .model import RepositoryError, check_default_version, discover, version_directory
 from .monitoring import LOG_MAX_BYTES, RequestLog
@@ -124,6 +124,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="infer requests in flight; more are answered 503 with Retry-After",
     )
     limits.add_argument(
+        "--request-workers",
+        type=_positive_int,
+        default=REQUEST_WORKERS,
+        help="threads that decode and encode big requests (more: the event loop, and with it"
+        " the health routes, waits longer for the GIL while they work)",
+    )
+    limits.add_argument(
         "--request-timeout-s",
         type=_positive_float,
         default=60.0,
@@ -206,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         memory_budget_bytes=args.memory_budget_bytes or default_budget(),
         max_json_elements=args.max_json_elements,
         max_concurrency=args.max_concurrency,
+        request_workers=args.request_workers,
         request_timeout_s=args.request_timeout_s,
         body_timeout_s=args.body_timeout_s,
         log_requests=args.log_requests,

@@ -37,6 +37,7 @@ class Settings:
     memory_budget_bytes: int = 1 << 30
     max_json_elements: int = 4_000_000
     max_concurrency: int = 64
+    request_workers: int = 1
     request_timeout_s: float = 60.0
     body_timeout_s: float = 30.0
     log_requests: float | None = None

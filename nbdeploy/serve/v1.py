@@ -20,14 +20,13 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from .dataplane import OFFLOAD_BYTES, Encoded, ServerState
+from .dataplane import Encoded, ServerState
 from .errors import ClientError, bad_request, name_problems, quote
-from .limits import JSON_VALUE_BYTES, Reservation, json_values, offload, output_cost
+from .limits import JSON_VALUE_BYTES, Reservation, json_values, output_cost
 from .model import ModelVersion
 from .protocol import (
     InferRequest,
@@ -142,7 +141,7 @@ async def respond(
             "the V1 predict API takes JSON only: drop the Inference-Header-Content-Length header"
             " (binary tensors: use /v2/models/<name>/infer)"
         )
-    values = await _work(reservation, len(body), json_values, body)
+    values = await reservation.work(len(body), json_values, body)
     limit = state.settings.max_json_elements
     if values > limit:
         raise ClientError(
@@ -153,9 +152,9 @@ async def respond(
         )
     parsing = len(body) + values * JSON_VALUE_BYTES
     reservation.resize(parsing, "parsing this request")
-    document = await _work(reservation, len(body), _load_json, body)
+    document = await reservation.work(len(body), _load_json, body)
     model = served.model
-    decoded, rows = await _work(reservation, len(body), parse_predict, document, model)
+    decoded, rows = await reservation.work(len(body), parse_predict, document, model)
     reservation.resize(
         parsing + values * ARRAY_VALUE_BYTES + _output_cost(model, decoded), "this request"
     )
@@ -332,12 +331,3 @@ def _plain(array: np.ndarray) -> Any:
 
 def _json(document: dict[str, Any]) -> Encoded:
     return strict_json(document), {}, "application/json"
-
-
-async def _work(
-    reservation: Reservation, size: int, function: Callable[..., Any], *args: Any
-) -> Any:
-    """``function(*args)``, in a worker thread when it works on more than OFFLOAD_BYTES."""
-    if size > OFFLOAD_BYTES:
-        return await offload(reservation, function, *args)
-    return function(*args)

@@ -594,7 +594,12 @@ def test_server_flags_are_checked(tmp_path: Path):
     import subprocess
     import sys
 
-    for flag in ("--max-concurrency", "--memory-budget-bytes", "--request-timeout-s"):
+    for flag in (
+        "--max-concurrency",
+        "--memory-budget-bytes",
+        "--request-timeout-s",
+        "--request-workers",
+    ):
         result = subprocess.run(
             [
                 sys.executable,
