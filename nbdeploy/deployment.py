@@ -36,6 +36,7 @@ from nbdeploy.routing import (
     name_lock,
     parse_weights,
     serving_dir,
+    state_dir,
     write_routing,
 )
 from nbdeploy.runtimes import LaunchSpec, Runtime, RuntimeHandle, get_runtime
@@ -568,6 +569,7 @@ def _change(
                 progress=progress,
                 request_log_dir=requests_dir(name) if wanted.log_requests else None,
                 grpc_port=_grpc_port(store, name, server),
+                state_dir=state_dir(name),
             )
             handle, launch_id = _start(backend, spec, routing, current, rows, timeout, progress)
             url = handle.url

@@ -27,6 +27,7 @@ from nbdeploy.vocabulary import Guards, TrafficRole, check_name
 
 ROUTING_FILE = "routing.json"
 LOCK_FILE = ".lock"
+STATE_DIR = "state"
 SCHEMA = 1
 ADMIN_TIMEOUT_S = 300.0
 
@@ -151,6 +152,16 @@ def serving_dir(name: str) -> Path:
     path = _settings.home() / "serving" / check_name(name)
     path.mkdir(mode=0o750, parents=True, exist_ok=True)
     path.chmod(0o750)
+    return path
+
+
+def state_dir(name: str) -> Path:
+    """``serving/<name>/state/``: the one place the name's server writes, to keep a guard trip
+    across its restarts until the host records it; shared with the container's server user
+    through the owner's group (new files take the directory's group: setgid)."""
+    path = serving_dir(name) / STATE_DIR
+    path.mkdir(exist_ok=True)
+    path.chmod(0o2770)
     return path
 
 

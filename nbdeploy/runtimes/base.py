@@ -101,6 +101,8 @@ class LaunchSpec:
     """Where the server appends its sampled request log (with ``settings.log_requests``)."""
     grpc_port: int | None = None
     """Where the same server speaks V2 over gRPC (None: not at all)."""
+    state_dir: Path | None = None
+    """Where the server keeps a guard trip across its restarts (writable by it)."""
 
     def say(self, line: str) -> None:
         emit(self.progress, "launch", line)

@@ -66,6 +66,7 @@ def restart_policy() -> dict[str, str]:
 
 SERVING_MOUNT = "/serving"
 REQUESTS_MOUNT = "/requests"
+STATE_MOUNT = "/state"
 
 
 def container_name(name: str) -> str:
@@ -143,6 +144,9 @@ class DockerRuntime(Runtime):
         if spec.request_log_dir is not None:
             options["volumes"][str(spec.request_log_dir)] = {"bind": REQUESTS_MOUNT, "mode": "rw"}
             options["command"] += ["--request-log-dir", REQUESTS_MOUNT]
+        if spec.state_dir is not None:
+            options["volumes"][str(spec.state_dir)] = {"bind": STATE_MOUNT, "mode": "rw"}
+            options["command"] += ["--state-dir", STATE_MOUNT]
         if spec.grpc_port is not None:
             ensure_port_free(spec.grpc_port)
             options["command"] += ["--grpc-port", str(spec.grpc_port)]

@@ -87,6 +87,8 @@ class ProcessRuntime(Runtime):
         ]
         if spec.request_log_dir is not None:
             command += ["--request-log-dir", str(spec.request_log_dir)]
+        if spec.state_dir is not None:
+            command += ["--state-dir", str(spec.state_dir)]
         if spec.grpc_port is not None:
             ensure_port_free(spec.grpc_port)
             command += ["--grpc-port", str(spec.grpc_port)]

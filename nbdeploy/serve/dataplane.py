@@ -135,6 +135,7 @@ class ServerState:
             self.settings.repository,
             self.settings.threads,
             self.start_batcher,
+            self.settings.state_dir,
         )
         await router.start()
         self.router = router

@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="routing.json: serve only the versions it names, split by its weights",
     )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="a writable directory where the server keeps a guard trip across restarts",
+    )
     parser.add_argument("--max-batch-size", type=_positive_int, default=32)
     parser.add_argument("--max-queue-delay-ms", type=_non_negative_float, default=2.0)
     parser.add_argument("--no-batching", action="store_true")
@@ -209,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         max_body_bytes=args.max_body_bytes,
         token=os.environ.get(TOKEN_ENV) or None,
         routing_file=args.routing,
+        state_dir=args.state_dir,
         admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
         memory_budget_bytes=args.memory_budget_bytes or default_budget(),
         max_json_elements=args.max_json_elements,

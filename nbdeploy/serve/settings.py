@@ -33,6 +33,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     token: str | None = None
     routing_file: Path | None = None
+    state_dir: Path | None = None  # writable: what the server must remember across restarts
     admin_token: str | None = None
     memory_budget_bytes: int = 1 << 30
     max_json_elements: int = 4_000_000

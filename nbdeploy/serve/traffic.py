@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +37,8 @@ log = logging.getLogger("nbdeploy.serve")
 
 MIRROR_LIMIT = 64
 GUARD_INTERVAL_S = 0.25
+# In ``--state-dir``: the guard trip of the applied generation, read again on a restart.
+TRIP_FILE = "tripped.json"
 
 Arrays = dict[str, np.ndarray]
 
@@ -69,11 +73,13 @@ class Router:
         root: Path,
         threads: int,
         start_batcher: Callable[[ModelVersion], Batcher],
+        state_dir: Path | None = None,
     ) -> None:
         self.path = path
         self.root = root
         self.threads = threads
         self.start_batcher = start_batcher
+        self.state_dir = state_dir
         self.table: Table | None = None
         self._reloading = asyncio.Lock()
         self._mirrors: set[asyncio.Task[None]] = set()
@@ -90,6 +96,15 @@ class Router:
         served = {v: Served(model, self.start_batcher(model)) for v, model in models.items()}
         self.table = self._build(routing, served, None)
         log.info("routing generation %d applied: %s", routing.generation, self._describe())
+        tripped = self._remembered_trip(routing)
+        if tripped is not None:
+            self.table = _after_trip(self.table, tripped)
+            log.warning(
+                "guard trip of v%d (%s) kept from before the restart; v%d takes all traffic",
+                tripped["version"],
+                tripped["reason"],
+                routing.stable,
+            )
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the routing file and swap to it; a ClientError leaves serving untouched."""
@@ -324,8 +339,6 @@ class Router:
         reason = _guard_violation(table)
         if reason is None or table.tripped:
             return
-        stable = table.routing.stable
-        weights = {v: 100 if v == stable else 0 for v in table.weights}
         guards = table.routing.guards
         assert guards is not None
         tripped = {
@@ -334,16 +347,49 @@ class Router:
             "at": _now(),
             "generation": table.routing.generation,
         }
-        self.table = dataclasses.replace(
-            table, weights=weights, round_robin=SmoothRoundRobin(weights), tripped=tripped
-        )
+        self.table = _after_trip(table, tripped)
         log.warning(
             "guard tripped for %s v%d: %s; v%d now takes all traffic",
             table.routing.name,
             guards.version,
             reason,
-            stable,
+            table.routing.stable,
         )
+        self._remember_trip(tripped)
+
+    def _remember_trip(self, tripped: dict[str, Any]) -> None:
+        """Write the trip where a restart finds it (the routing file is the host's and may be
+        read-only): until the host records it, a crash must not bring the candidate back."""
+        if self.state_dir is None:
+            return
+        path = self.state_dir / TRIP_FILE
+        partial = path.with_name(f".{TRIP_FILE}.{os.getpid()}")
+        try:
+            partial.write_text(json.dumps(tripped))
+            os.replace(partial, path)
+        except OSError as exc:
+            log.error("cannot keep the guard trip in %s (a restart would forget it): %s", path, exc)
+
+    def _remembered_trip(self, routing: Routing) -> dict[str, Any] | None:
+        """The kept trip if it belongs to ``routing``'s generation (a newer routing file is
+        the host's decision after it, and stands)."""
+        if self.state_dir is None or routing.guards is None:
+            return None
+        try:
+            tripped = json.loads((self.state_dir / TRIP_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.error("ignoring the kept guard trip in %s: %s", self.state_dir, exc)
+            return None
+        if (
+            not isinstance(tripped, dict)
+            or tripped.get("generation") != routing.generation
+            or tripped.get("version") != routing.guards.version
+            or not isinstance(tripped.get("reason"), str)
+        ):
+            return None
+        return tripped
 
     # --- admin views ---------------------------------------------------------------------------
 
@@ -417,6 +463,15 @@ def _guard_violation(table: Table) -> str | None:
 
 def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
+
+
+def _after_trip(table: Table, tripped: dict[str, Any]) -> Table:
+    """``table`` with all traffic on the stable version because of ``tripped``."""
+    stable = table.routing.stable
+    weights = {v: 100 if v == stable else 0 for v in table.weights}
+    return dataclasses.replace(
+        table, weights=weights, round_robin=SmoothRoundRobin(weights), tripped=tripped
+    )
 
 
 def _now() -> str:

@@ -158,7 +158,7 @@ def test_docker_restart_brings_back_versions_and_weights(
     container = DockerRuntime().container(ep.handle)
     assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True
     mounts = {m["Destination"]: m["RW"] for m in container.attrs["Mounts"]}
-    assert mounts == {"/models/restarts": False, "/serving": False}
+    assert mounts == {"/models/restarts": False, "/serving": False, "/state": True}
     os.kill(int(container.attrs["State"]["Pid"]), signal.SIGKILL)
     assert wait_for(lambda: nbd.get("restarts").status != "running", 20)
     assert wait_for(lambda: nbd.get("restarts").status == "running", 90)
@@ -167,6 +167,50 @@ def test_docker_restart_brings_back_versions_and_weights(
         client.wait_answering("2")
         client.wait_answering("1")
     assert client.failures == []
+
+
+def test_a_guard_trip_outlives_a_crash_of_the_container(
+    models: dict[str, Path], cleanup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guard trips, and the container dies before anything on the host looked: restarted
+    by its policy, the server still sends every request to the stable version (the trip was
+    kept in the name's state directory), and the host records the trip when it next looks."""
+    _docker_or_skip("docker", monkeypatch)
+    from nbdeploy.runtimes.docker import DockerRuntime
+
+    ep = nbd.deploy(models["a"], name="tripped", runtime="docker")
+    nbd.deploy(
+        models["b"],
+        name="tripped",
+        runtime="docker",
+        canary=50,
+        guards={"min_agreement": 0.99, "min_requests": 10},
+    )
+    admin = AdminClient(ep.url, Store().route("tripped")["admin_token"], name="tripped")
+    with RawClient(ep.url, "tripped", ep.token) as client:
+        assert wait_for(lambda: admin.routing()["tripped"] is not None, 10)
+    trip = admin.routing()["tripped"]
+    assert read_routing("tripped").weights == {1: 50, 2: 50}  # the host has not looked yet
+
+    container = DockerRuntime().container(ep.handle)
+    os.kill(int(container.attrs["State"]["Pid"]), signal.SIGKILL)
+
+    def restarted() -> dict | None:
+        try:
+            return admin.routing()
+        except DeployError:
+            return None
+
+    assert wait_for(lambda: container.reload() or container.attrs["RestartCount"] > 0, 30)
+    assert wait_for(restarted, 90)
+    live = admin.routing()
+    assert live["tripped"] == trip and live["weights"] == {"1": 100, "2": 0}
+    with RawClient(ep.url, "tripped", ep.token) as client:
+        client.wait_answering("1")
+    assert client.failures == [] and set(client.versions) == {"1"}
+    assert nbd.traffic("tripped") == {1: 100}
+    assert read_routing("tripped").weights == {1: 100}
+    assert any(e["kind"] == "guard" for e in Store().events("tripped"))
 
 
 def test_split_follows_the_weights(models: dict[str, Path], cleanup) -> None:

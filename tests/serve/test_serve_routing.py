@@ -55,11 +55,12 @@ def serve(repository: Path, tmp_path: Path) -> Iterator[Callable[..., ServerProc
     """Start servers on ``tmp_path/routing.json``; every one is stopped at the end."""
     started: list[ServerProcess] = []
 
-    def start(admin_token: str | None = ADMIN, **kwargs: Any) -> ServerProcess:
+    def start(*args: str, admin_token: str | None = ADMIN, **kwargs: Any) -> ServerProcess:
         server = start_server(
             repository,
             "--routing",
             str(tmp_path / "routing.json"),
+            *args,
             log_path=tmp_path / f"server-{len(started)}.log",
             token=TOKEN,
             admin_token=admin_token,
@@ -288,6 +289,48 @@ def test_a_disagreeing_canary_trips_its_guard_and_the_stable_takes_all(serve, tm
     assert {infer(client, rows(2)).json()["model_version"] for _ in range(20)} == {"1"}
     assert stats(server)["versions"][str(DIFFERENT)]["role"] == "idle"
     assert "WARNING" in server.log() and "guard tripped" in server.log()
+
+
+def test_a_guard_trip_outlives_a_crash_until_the_host_decides(serve, tmp_path: Path):
+    """The routing file is the host's (read-only in a container): the server keeps its trip in
+    ``--state-dir``, so a crash and restart before the host looks does not bring the rolled-back
+    version back; a newer routing file (the host's decision) stands over it."""
+    guards = {"version": DIFFERENT, "min_agreement": 0.99, "min_requests": 20}
+    path = write_routing(routing_file(tmp_path), NAME, 4, {1: 50, DIFFERENT: 50}, guards=guards)
+    state = tmp_path / "state"
+    state.mkdir()
+    server = serve("--state-dir", str(state))
+    client = server.client()
+
+    def tripped() -> dict[str, Any] | None:
+        infer(client, rows(4, seed=int(time.monotonic() * 1000) % 10_000))
+        return admin(server, "GET", "/nbdeploy/routing").json()["tripped"]
+
+    trip = wait_for(tripped, timeout=10, what="the guard trip")
+    server.process.kill()
+    server.process.wait()
+
+    again = serve("--state-dir", str(state))
+    routing = admin(again, "GET", "/nbdeploy/routing").json()
+    assert routing["tripped"] == trip
+    assert routing["weights"] == {"1": 100, str(DIFFERENT): 0}
+    assert {infer(again.client(), rows(2)).json()["model_version"] for _ in range(20)} == {"1"}
+    assert "kept from before the restart" in again.log()
+
+    write_routing(path, NAME, 5, {1: 50, DIFFERENT: 50})
+    assert reload(again).status_code == 200
+    again.process.kill()
+    again.process.wait()
+    third = serve("--state-dir", str(state))
+    routing = admin(third, "GET", "/nbdeploy/routing").json()
+    assert routing["tripped"] is None and routing["weights"] == {"1": 50, str(DIFFERENT): 50}
+    third.stop()
+
+    write_routing(path, NAME, 6, {1: 50, DIFFERENT: 50}, guards=guards)
+    (state / "tripped.json").write_text("{not json")
+    fourth = serve("--state-dir", str(state))
+    assert admin(fourth, "GET", "/nbdeploy/routing").json()["tripped"] is None
+    assert "ignoring the kept guard trip" in fourth.log()
 
 
 # --- admin routes -----------------------------------------------------------------------------
