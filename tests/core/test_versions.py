@@ -94,6 +94,20 @@ class RawClient:
         ), f"never saw version {version}; last {self.versions[-5:]}, failures {self.failures[-3:]}"
 
 
+def deploy_disagreeing_canary(models: dict[str, Path], name: str, runtime: str) -> nbd.Endpoint:
+    """``a`` as the stable version and ``b``, which disagrees with it, as a 50% canary whose
+    guard (min_agreement=0.99 after 10 requests) trips once traffic flows."""
+    ep = nbd.deploy(models["a"], name=name, runtime=runtime)
+    nbd.deploy(
+        models["b"],
+        name=name,
+        runtime=runtime,
+        canary=50,
+        guards={"min_agreement": 0.99, "min_requests": 10},
+    )
+    return ep
+
+
 def _docker_or_skip(runtime: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if runtime == "docker":
         if not docker_available():
@@ -178,14 +192,7 @@ def test_a_guard_trip_outlives_a_crash_of_the_container(
     _docker_or_skip("docker", monkeypatch)
     from nbdeploy.runtimes.docker import DockerRuntime
 
-    ep = nbd.deploy(models["a"], name="tripped", runtime="docker")
-    nbd.deploy(
-        models["b"],
-        name="tripped",
-        runtime="docker",
-        canary=50,
-        guards={"min_agreement": 0.99, "min_requests": 10},
-    )
+    ep = deploy_disagreeing_canary(models, "tripped", "docker")
     admin = AdminClient(ep.url, Store().route("tripped")["admin_token"], name="tripped")
     with RawClient(ep.url, "tripped", ep.token) as client:
         assert wait_for(lambda: admin.routing()["tripped"] is not None, 10)
@@ -286,14 +293,7 @@ def test_offline_compare_on_held_out_data(tmp_path: Path, cleanup) -> None:
 def test_guard_rolls_a_disagreeing_canary_back(models: dict[str, Path], cleanup) -> None:
     """A canary with min_agreement=0.99 that disagrees goes back to the stable by itself
     within 10 s; an event is recorded and the view says why."""
-    ep = nbd.deploy(models["a"], name="guarded", runtime="process")
-    nbd.deploy(
-        models["b"],
-        name="guarded",
-        runtime="process",
-        canary=50,
-        guards={"min_agreement": 0.99, "min_requests": 10},
-    )
+    ep = deploy_disagreeing_canary(models, "guarded", "process")
     started = time.monotonic()
     with RawClient(ep.url, "guarded", ep.token) as client:
         assert wait_for(lambda: nbd.traffic("guarded") == {1: 100}, 10)
