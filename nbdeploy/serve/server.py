@@ -182,6 +182,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.log_requests is not None and args.request_log_dir is None:
         parser.error("--log-requests needs --request-log-dir")
+    if args.state_dir is not None and not (
+        args.state_dir.is_dir() and os.access(args.state_dir, os.W_OK | os.X_OK)
+    ):
+        parser.error(f"--state-dir {args.state_dir} must be a directory this server can write")
     return args
 
 

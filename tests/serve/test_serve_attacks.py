@@ -616,6 +616,17 @@ def test_server_flags_are_checked(tmp_path: Path):
         )
         assert result.returncode == 2 and flag in result.stderr
 
+    missing = tmp_path / "no-such-dir"
+    result = subprocess.run(
+        [sys.executable, "-m", "nbdeploy.serve", "--model-repository", str(tmp_path)]
+        + ["--state-dir", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"--state-dir {missing} must be a directory this server can write" in result.stderr
+
 
 def test_default_budget_follows_the_memory_given():
     from nbdeploy.serve.limits import BUDGET_CAP, BUDGET_SHARE, default_budget
