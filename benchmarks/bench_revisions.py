@@ -64,9 +64,12 @@ def server_command(endpoint: Any) -> tuple[list[str], dict[str, str], str]:
     argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")[:-1]
     environ = Path(f"/proc/{pid}/environ").read_text().split("\0")
     env = dict(item.split("=", 1) for item in environ if "=" in item)
-    if "--grpc-port" in argv:  # REST only: one port per copy
-        at = argv.index("--grpc-port")
-        del argv[at : at + 2]
+    # REST only (one port per copy); no state directory (newer than some revisions, and
+    # only guards use it)
+    for flag in ("--grpc-port", "--state-dir"):
+        if flag in argv:
+            at = argv.index(flag)
+            del argv[at : at + 2]
     return argv, env, os.readlink(f"/proc/{pid}/cwd")
 
 
