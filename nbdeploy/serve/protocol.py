@@ -312,7 +312,7 @@ def classify(array: np.ndarray, count: int, labels: list[str] | None) -> np.ndar
     check_scores(array)
     rows = array.reshape(1, -1) if array.ndim == 1 else array
     count = min(count, rows.shape[1])
-    top = np.stack([top_indices(row, count) for row in rows]) if len(rows) else rows[:, :0]
+    top = top_indices(rows, count)
     result = np.empty(top.shape, dtype=object)
     for r, indices in enumerate(top):
         for c, index in enumerate(indices):
@@ -324,13 +324,20 @@ def classify(array: np.ndarray, count: int, labels: list[str] | None) -> np.ndar
 
 
 def top_indices(scores: np.ndarray, count: int) -> np.ndarray:
-    """The indices of the ``count`` highest of 1-D ``scores``, highest first; ties in index
-    order, NaN last. A partition finds the threshold in linear time, so only the few above it
-    are sorted (a full sort of a 10-million-class output took 1.5 s of a worker thread); the
+    """The indices of the ``count`` highest ``scores`` (1-D, or each row of 2-D), highest
+    first; ties in index order, NaN last. Few classes are sorted whole, all rows at once;
+    among many, a partition finds the threshold in linear time and only the few above it are
+    sorted (a full sort of a 10-million-class output took 1.5 s of a worker thread). The
     memory it takes stays within what ``limits.output_cost`` reserves for a full sort."""
-    size = len(scores)
-    if count * 8 >= size or (scores.dtype.kind == "f" and np.isnan(scores.max())):
-        return _descending(scores)[:count]
+    size = scores.shape[-1]
+    if (
+        count * 8 >= size
+        or not scores.size
+        or (scores.dtype.kind == "f" and np.isnan(scores.max()))
+    ):
+        return _descending(scores)[..., :count]
+    if scores.ndim == 2:
+        return np.stack([top_indices(row, count) for row in scores])
     threshold = np.partition(scores, size - count)[size - count]
     above = np.flatnonzero(scores > threshold)  # fewer than ``count``
     ties = _first_equal(scores, threshold, count - len(above))
@@ -339,7 +346,7 @@ def top_indices(scores: np.ndarray, count: int) -> np.ndarray:
 
 
 def _descending(scores: np.ndarray) -> np.ndarray:
-    """A stable argsort, highest first: of keys that reverse the order exactly (``-x`` would
+    """A stable argsort along the last axis, highest first: of keys that reverse the order exactly (``-x`` would
     wrap unsigned integers and the lowest signed one; ``~x`` and ``max - x`` do not)."""
     if scores.dtype.kind == "u":
         keys = np.iinfo(scores.dtype).max - scores

@@ -34,6 +34,19 @@ def test_top_indices_ranks_as_a_full_stable_sort(kind: str):
         assert top_indices(scores, count).tolist() == ranked_by_full_sort(scores, count).tolist()
 
 
+@pytest.mark.parametrize("classes", [5, 40, 1000])
+def test_top_indices_ranks_each_row_of_a_batch(classes: int):
+    rng = np.random.default_rng(classes)
+    rows = rng.integers(0, 6, (50, classes)).astype(np.float32)
+    rows[rng.random(rows.shape) < 0.01] = np.nan
+    for matrix in (rows, np.nan_to_num(rows, nan=0.0)):
+        ranked = top_indices(matrix, 3)
+        assert ranked.shape == (50, 3)
+        for row, top in zip(matrix, ranked, strict=True):
+            assert top.tolist() == ranked_by_full_sort(row, 3).tolist()
+    assert top_indices(rows[:0], 3).shape == (0, 3)
+
+
 def test_unsigned_scores_rank_highest_first():
     scores = np.array([0, 200, 3, 255, 200], np.uint8)  # negating would wrap 0 to the top
     assert classify(scores, 3, ["a", "b", "c", "d", "e"]).tolist() == [
