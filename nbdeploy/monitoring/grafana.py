@@ -146,6 +146,32 @@ def _panels() -> list[dict[str, Any]]:
             ),
             unit="s",
         ),
+        _panel(
+            "Requests in flight",
+            "Inference requests admitted and not yet answered; more than the server's"
+            " --max-concurrency are refused with 503.",
+            [
+                (
+                    f"sum by (deployment) (nbdeploy_requests_in_flight{{{BY_NAME}}})",
+                    "{{deployment}}",
+                )
+            ],
+            unit="none",
+        ),
+        _panel(
+            "Memory budget in use",
+            "Share of the server's memory budget held by the requests in flight; a request that"
+            " does not fit in what is left is refused with 503.",
+            [
+                (
+                    f"sum by (deployment) (nbdeploy_memory_budget_used_bytes{{{BY_NAME}}})"
+                    " / sum by (deployment)"
+                    f" (nbdeploy_memory_budget_bytes{{{BY_NAME}}})",
+                    "{{deployment}}",
+                )
+            ],
+            unit="percentunit",
+        ),
         _row("Batching"),
         _panel(
             "Batch size",
