@@ -18,9 +18,11 @@ It also writes each response's head and its first body chunk in one ``write`` (o
 TCP segment for a small answer) instead of two: one system call and one wake-up of the client
 less per request.
 
-With a ``FastLane``, a small V2 infer request whose body comes whole with its head is handed to
-it instead of starting an ASGI task (``fastlane`` says why and what it checks); a body that
-needs another read takes the ASGI lane, which already holds what came of it.
+With a ``FastLane``, a small V2 infer request is handed to it instead of starting an ASGI task
+(``fastlane`` says why and what it checks) once its whole body is in: with its head, or in the
+reads that follow within ``BODY_GRACE_S`` (clients such as httpx send the body in a write of
+its own, which often arrives in a second read). A body still incomplete then takes the ASGI
+lane, which holds what came of it and applies the body timeout.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from .fastlane import FastLane
 
 MAX_HEAD_BYTES = 64 << 10
+# How long a fast-lane request may wait for the rest of its body before the ASGI lane takes it.
+BODY_GRACE_S = 0.02
 DISCONNECTED = "nbdeploy.disconnected"
 REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -68,6 +72,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._heading = False  # inside on_headers_complete
         # A request for the fast lane whose body is still coming: (cycle, app, its headers).
         self._deferred: tuple[RequestResponseCycle, ASGI3Application, dict[str, str]] | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._lane_task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -76,6 +81,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._disarm_body_timer()
         self._deferred = None
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
@@ -90,11 +96,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._awaiting_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        if self._deferred is not None:  # the body did not come whole: the ASGI lane takes it
-            cycle, app, _ = self._deferred
-            self._deferred = None
-            self._prepare_asgi(cycle)
-            super()._start_asgi_task(cycle, app)
+        if self._deferred is not None and self._body_timer is None:  # the body is still coming
+            self._body_timer = self.loop.call_later(BODY_GRACE_S, self._to_asgi_lane)
         if not self._awaiting_head or not self._head_bytes or self.transport.is_closing():
             return
         if self._head_bytes > MAX_HEAD_BYTES:
@@ -136,12 +139,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 return
         super()._start_asgi_task(cycle, app)
 
+    def _to_asgi_lane(self) -> None:
+        """The rest of a fast-lane request's body did not come in time: the ASGI lane takes
+        the request, with the body that came so far."""
+        self._body_timer = None
+        if self._deferred is None or self.transport.is_closing():
+            return
+        cycle, app, _ = self._deferred
+        self._deferred = None
+        self._prepare_asgi(cycle)
+        super()._start_asgi_task(cycle, app)
+
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._awaiting_head = True  # what comes next belongs to the next request's head
         deferred = self._deferred
         if deferred is not None and deferred[0] is self.cycle:
             self._deferred = None
+            self._disarm_body_timer()
             cycle, _, headers = deferred
             assert self.lane is not None
             self._lane_task = self.lane.answer(self, cycle, headers)
