@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import logging.handlers
+import os
 import time
 from typing import Any
 
@@ -89,6 +90,32 @@ class AccessLog:
         return "unmatched"
 
 
+class LogFile(logging.handlers.RotatingFileHandler):
+    """The server's rotating log file, which knows its size without asking the stream: a text
+    stream's ``tell()`` flushes it, so the size check before each access line would write every
+    line at once instead of letting them wait in the buffer (``LineWriter``)."""
+
+    size = 0
+
+    def _open(self) -> Any:
+        stream = super()._open()
+        self.size = os.fstat(stream.fileno()).st_size
+        return stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)  # checks the size, may roll over, writes and flushes
+        if self.stream is not None:
+            self.size = self.stream.tell()
+
+    def write_line(self, line: str) -> None:
+        """Append ``line`` (buffered), rolling over first if it would reach ``maxBytes``."""
+        size = len(line) if line.isascii() else len(line.encode(self.encoding or "utf-8"))
+        if self.maxBytes > 0 and self.size + size >= self.maxBytes:  # as shouldRollover()
+            self.doRollover()
+        self.stream.write(line)
+        self.size += size
+
+
 class LineWriter:
     """INFO lines of one logger, written as its handler's ``Formatter`` would write them
     (``LOG_FORMAT``) but without a ``LogRecord``, and flushed FLUSH_S after the first line
@@ -120,11 +147,14 @@ class LineWriter:
         line = f"{self._stamp},{int((now - second) * 1000):03d}{self._prefix}{message}\n"
         handler.acquire()
         try:
-            if isinstance(handler, logging.handlers.RotatingFileHandler) and handler.maxBytes > 0:
-                size = len(line) if line.isascii() else len(line.encode("utf-8"))
-                if handler.stream.tell() + size >= handler.maxBytes:  # as shouldRollover()
-                    handler.doRollover()
-            handler.stream.write(line)
+            if isinstance(handler, LogFile):
+                handler.write_line(line)
+            else:
+                if isinstance(handler, logging.handlers.RotatingFileHandler) and handler.maxBytes:
+                    size = len(line) if line.isascii() else len(line.encode("utf-8"))
+                    if handler.stream.tell() + size >= handler.maxBytes:  # as shouldRollover()
+                        handler.doRollover()
+                handler.stream.write(line)
         finally:
             handler.release()
         self._waiting_bytes += len(line)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
 import os
 import platform
 import signal
@@ -26,7 +25,7 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from . import __version__
-from .access import LOG_FORMAT, AccessLog
+from .access import LOG_FORMAT, AccessLog, LogFile
 from .app import create_app
 from .connections import guarded_protocol
 from .cpus import available_cpus
@@ -357,7 +356,7 @@ def _request_log(settings: Settings, max_bytes: int) -> RequestLog | None:
 def _configure_logging(log_file: Path | None, level: str, max_bytes: int) -> None:
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+        handler: logging.Handler = LogFile(
             log_file, maxBytes=max_bytes, backupCount=LOG_BACKUPS, encoding="utf-8"
         )
     else:

@@ -17,7 +17,7 @@ from pathlib import Path
 import prometheus_client
 import pytest
 
-from nbdeploy.serve.access import FLUSH_S, LOG_FORMAT, LineWriter
+from nbdeploy.serve.access import FLUSH_S, LOG_FORMAT, LineWriter, LogFile, _direct_handler
 from nbdeploy.serve.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, Counter, Gauge, Histogram
 
 
@@ -75,14 +75,13 @@ def test_a_family_refuses_the_wrong_labels():
         family.labels("only-one")
 
 
-@pytest.fixture
-def rotating(tmp_path: Path):
-    """The root logger configured as the server configures it, to a small rotating file."""
+@pytest.fixture(params=[LogFile, logging.handlers.RotatingFileHandler])
+def rotating(request: pytest.FixtureRequest, tmp_path: Path):
+    """The root logger configured as the server configures it (``LogFile``), or with the
+    standard library's rotating handler, to a small rotating file."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    handler = logging.handlers.RotatingFileHandler(
-        tmp_path / "server.log", maxBytes=2048, backupCount=3, encoding="utf-8"
-    )
+    handler = request.param(tmp_path / "server.log", maxBytes=2048, backupCount=3, encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
@@ -91,8 +90,17 @@ def rotating(tmp_path: Path):
     root.handlers[:], root.level = saved
 
 
-def test_lines_look_like_logging_lines_and_rotate_alike(rotating, tmp_path: Path):
+def only_handler(handler: logging.Handler) -> logging.Logger:
+    """The access logger, with ``handler`` the root logger's only handler again (pytest adds
+    its own for the test's run) so that lines take ``LineWriter``'s direct path."""
+    logging.getLogger().handlers[:] = [handler]
     logger = logging.getLogger("nbdeploy.serve.access")
+    assert _direct_handler(logger) is handler
+    return logger
+
+
+def test_lines_look_like_logging_lines_and_rotate_alike(rotating, tmp_path: Path):
+    logger = only_handler(rotating)
     writer = LineWriter(logger)
 
     async def write() -> None:
@@ -122,6 +130,28 @@ def test_lines_look_like_logging_lines_and_rotate_alike(rotating, tmp_path: Path
         assert re.fullmatch(stamp + r" INFO nbdeploy\.serve\.access: through logging \d+", line)
     numbers = [int(line.split(" 0.")[1].split("ms")[0]) for line in direct]
     assert numbers == sorted(numbers) and numbers[-1] == 119
+
+
+@pytest.mark.parametrize("rotating", [LogFile], indirect=True)
+def test_lines_wait_in_the_buffer_of_the_servers_log_file(rotating, tmp_path: Path):
+    """With the server's ``LogFile`` nothing asks the stream its position, so access lines
+    reach the file together at the flush, not one write each (the standard handler's size
+    check, ``tell()``, flushes the stream at every line)."""
+    writer = LineWriter(only_handler(rotating))
+    log_file = tmp_path / "server.log"
+    before = log_file.stat().st_size
+
+    async def write() -> list[int]:
+        sizes = []
+        for index in range(5):
+            writer.info(f"line {index}")
+            sizes.append(log_file.stat().st_size)
+        await asyncio.sleep(FLUSH_S * 1.5)
+        return sizes
+
+    assert asyncio.run(write()) == [before] * 5
+    assert log_file.stat().st_size == rotating.size > before
+    assert log_file.read_text(encoding="utf-8").count(" INFO nbdeploy.serve.access: line ") == 5
 
 
 def test_lines_go_through_logging_when_it_is_configured_otherwise(caplog):
