@@ -8,14 +8,14 @@ interleaved rounds on an event loop, as in the server.
 
     .venv/bin/python benchmarks/bench_access_log.py [--rounds 5] [--lines 20000]
 
-Prints the median over rounds of the µs per line, and writes ``results/access_log.json``.
+Writes (and prints) ``results/access_log.json`` and ``results/access_log.md``: the median over
+rounds of the µs per line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import logging.handlers
 import statistics
@@ -26,6 +26,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _report import write_report  # noqa: E402
 
 from nbdeploy.serve.access import LOG_FORMAT, LineWriter, LogFile  # noqa: E402
 
@@ -71,14 +74,14 @@ def main() -> int:
         for name, handler_class in HANDLERS.items():
             runs[name].append(one_round(handler_class, args.lines))
     summary = {name: statistics.median(values) for name, values in runs.items()}
-    results = REPO / "benchmarks" / "results"
-    results.mkdir(exist_ok=True)
-    (results / "access_log.json").write_text(
-        json.dumps({"rounds": args.rounds, "lines": args.lines, "us_per_line": summary}, indent=2)
-        + "\n"
+    write_report(
+        "access_log",
+        {"rounds": args.rounds, "lines": args.lines, "us_per_line": summary},
+        f"One access line written by LineWriter ({args.rounds} interleaved rounds of"
+        f" {args.lines} lines; medians)",
+        ["handler", "µs per line"],
+        [[name, f"{value:.2f}"] for name, value in summary.items()],
     )
-    for name, value in summary.items():
-        print(f"{name}: {value:.2f} µs per access line")
     return 0
 
 

@@ -13,7 +13,6 @@ requests were answered (200) or refused as busy (503); and the server's peak RSS
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import platform
 import statistics
@@ -29,10 +28,11 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _report import write_report  # noqa: E402
+
 from tests.helpers.serve import ServerProcess, save_mlp, save_wide, start_server  # noqa: E402
 from tests.serve.test_serve_attacks import BUDGET, json_rows, wide_binary  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PROBE_INTERVAL_S = 0.02
 
 
@@ -151,25 +151,34 @@ def main() -> int:
         "summary": summary,
         "per_round": rounds,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "flood.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [
+    write_report(
+        "flood",
+        report,
         f"Health latency during the attack test's flood ({args.rounds} interleaved rounds,"
         f" {report['machine']['cpus']} CPUs; medians over rounds)",
-        "",
-        "| --request-workers | worst ms (range) | p99 ms | p50 ms | flood s | answered / busy of 28"
-        " | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for workers, row in summary.items():
-        low, high = row["worst_ms_range"]
-        lines.append(
-            f"| {workers} | {row['worst_ms']:.0f} ({low:.0f}-{high:.0f}) | {row['p99_ms']:.0f}"
-            f" | {row['p50_ms']:.1f} | {row['flood_s']:.1f} | {row['answered']:.0f} /"
-            f" {row['busy']:.0f} | {row['peak_rss_mib']} |"
-        )
-    (RESULTS / "flood.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        [
+            "--request-workers",
+            "worst ms (range)",
+            "p99 ms",
+            "p50 ms",
+            "flood s",
+            "answered / busy of 28",
+            "peak RSS MiB",
+        ],  # fmt: skip
+        [
+            [
+                str(workers),
+                f"{row['worst_ms']:.0f} ({row['worst_ms_range'][0]:.0f}"
+                f"-{row['worst_ms_range'][1]:.0f})",
+                f"{row['p99_ms']:.0f}",
+                f"{row['p50_ms']:.1f}",
+                f"{row['flood_s']:.1f}",
+                f"{row['answered']:.0f} / {row['busy']:.0f}",
+                str(row["peak_rss_mib"]),
+            ]
+            for workers, row in summary.items()
+        ],
+    )
     return 0
 
 

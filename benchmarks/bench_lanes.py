@@ -30,11 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from _report import write_report  # noqa: E402
 from bench_revisions import WORKTREE, checkout, cpu_seconds  # noqa: E402
 
 from tests.helpers.serve import save_mlp, start_server  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
 TOKEN = "bench-token"
 BODY = json.dumps(
     {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
@@ -122,30 +122,26 @@ def main() -> int:
         }
         for label, ways in runs.items()
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lanes.json").write_text(
-        json.dumps(
-            {"rounds": args.rounds, "calls": args.calls, "gap_ms": args.gap_ms, "summary": summary},
-            indent=2,
-        )
-        + "\n"
-    )
-    lines = [
+    write_report(
+        "lanes",
+        {"rounds": args.rounds, "calls": args.calls, "gap_ms": args.gap_ms, "summary": summary},
         f"One small V2 JSON request, sequential on one connection ({args.rounds} interleaved"
         f" rounds of {args.calls}; split: the body {args.gap_ms} ms after the head; medians)",
-        "",
-        "| server | whole: p50 ms | CPU µs | fast lane | split: p50 ms | CPU µs | fast lane |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for label, ways in summary.items():
-        whole, split = ways["whole"], ways["split"]
-        lines.append(
-            f"| {label} | {whole['p50_ms']:.3f} | {whole['cpu_us']:.0f} |"
-            f" {whole['fast_lane_share']:.0%} | {split['p50_ms']:.3f} | {split['cpu_us']:.0f} |"
-            f" {split['fast_lane_share']:.0%} |"
-        )
-    (RESULTS / "lanes.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        ["server", "whole: p50 ms", "CPU µs", "fast lane", "split: p50 ms", "CPU µs", "fast lane"],
+        [
+            [label]
+            + [
+                cell
+                for way in ("whole", "split")
+                for cell in (
+                    f"{ways[way]['p50_ms']:.3f}",
+                    f"{ways[way]['cpu_us']:.0f}",
+                    f"{ways[way]['fast_lane_share']:.0%}",
+                )
+            ]
+            for label, ways in summary.items()
+        ],
+    )
     return 0
 
 

@@ -16,7 +16,6 @@ Writes ``results/revisions.json`` and ``results/revisions.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -32,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_serving as serving  # noqa: E402 - the floor, wrk and the model come from there
+from _report import write_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORKTREE = "WORKTREE"
@@ -183,24 +183,25 @@ def main() -> int:
         "rows": rows,
         "wall_s": round(time.perf_counter() - began, 1),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "revisions.json").write_text(json.dumps(results, indent=1))
-    lines = [
-        "# The server of several revisions side by side",
-        "",
+    write_report(
+        "revisions",
+        results,
+        "# The server of several revisions side by side\n\n"
         f"{results['when']}; {results['machine']}; {rounds} interleaved rounds of {seconds:g} s"
         " (wrk, 1 thread); MLP 64->64->10, V2 JSON, batch 1, auth and metrics on; medians.",
-        "",
-        "| server | req/s, 8 conn. | vs floor | p50 ms, 1 conn. | CPU µs per request |",
-        "|---|---|---|---|---|",
-    ]
-    for key, m in medians.items():
-        lines.append(
-            f"| {key} | {m['rps']:,.0f} | {m['rps'] / floor_rps:.2f}x | {m['c1_p50_ms']:.3f} |"
-            f" {m['cpu_us']:.0f} |"
-        )
-    (args.out / "revisions.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        ["server", "req/s, 8 conn.", "vs floor", "p50 ms, 1 conn.", "CPU µs per request"],
+        [
+            [
+                key,
+                f"{m['rps']:,.0f}",
+                f"{m['rps'] / floor_rps:.2f}x",
+                f"{m['c1_p50_ms']:.3f}",
+                f"{m['cpu_us']:.0f}",
+            ]  # fmt: skip
+            for key, m in medians.items()
+        ],
+        args.out,
+    )
     return 0
 
 
