@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from _report import write_report  # noqa: E402
 
 from tests.helpers.serve import ServerProcess, save_mlp, save_wide, start_server  # noqa: E402
-from tests.serve.test_serve_attacks import BUDGET, json_rows, wide_binary  # noqa: E402
+from tests.serve.test_serve_attacks import BUDGET, FloodJob, flood_jobs  # noqa: E402
 
 PROBE_INTERVAL_S = 0.02
 
@@ -46,20 +46,14 @@ def probe_health(url: str, stop: Any, latencies: Any) -> None:
             time.sleep(PROBE_INTERVAL_S)
 
 
-def flood_jobs() -> list[tuple[str, bytes, dict[str, str]]]:
-    big, fits = json_rows(640_000), json_rows(120_000)
-    classify, headers = wide_binary(40_000_000 // 4, classification=3)
-    return [("mlp", big, {})] * 12 + [("mlp", fits, {})] * 12 + [("wide", classify, headers)] * 4
-
-
-def one_flood(server: ServerProcess, jobs: list[tuple[str, bytes, dict[str, str]]]) -> dict:
+def one_flood(server: ServerProcess, jobs: list[FloodJob]) -> dict:
     spawn = multiprocessing.get_context("spawn")
     stop, queue = spawn.Event(), spawn.Queue()
     probe = spawn.Process(target=probe_health, args=(server.url, stop, queue))
     probe.start()
     time.sleep(0.5)  # the probe's first calls, on an idle server
 
-    def send(job: tuple[str, bytes, dict[str, str]]) -> int:
+    def send(job: FloodJob) -> int:
         model, content, headers = job
         with httpx.Client(base_url=server.url, headers=server.headers, timeout=300) as client:
             return client.post(

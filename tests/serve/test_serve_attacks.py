@@ -447,6 +447,22 @@ def test_the_largest_body_is_answered_within_a_1_gib_budget(
     assert_serving(server)
 
 
+FloodJob = tuple[str, bytes, dict[str, str]]  # model, body, headers
+
+
+def flood_jobs(json_model: str = "mlp", wide_model: str = "wide") -> list[FloodJob]:
+    """The flood of the memory tests (and of ``benchmarks/bench_flood.py``), sent 6 at a time:
+    12 JSON bodies of 24 MB (parsed, then refused by the budget), 12 of 4.6 MB (answered when
+    the budget has room) and 4 binary bodies of 40 MB with classification. Repeated requests
+    are the same tuple."""
+    classify, headers = wide_binary(40_000_000 // 4, classification=3)
+    return (
+        [(json_model, json_rows(640_000), {})] * 12
+        + [(json_model, json_rows(120_000), {})] * 12
+        + [(wide_model, classify, headers)] * 4
+    )
+
+
 def health_probe(url: str, stop: Any, worst: Any) -> None:
     """In its own process (so the test's threads do not delay it): the worst latency of
     /v2/health/live, polled every 20 ms until ``stop`` is set."""
@@ -461,20 +477,13 @@ def health_probe(url: str, stop: Any, worst: Any) -> None:
 def test_a_flood_of_big_requests_keeps_memory_bounded_and_health_fast(
     server: ServerProcess,
 ):
-    big_json = json_rows(640_000)  # 24 MB: parsed, then refused by the budget
-    fits_json = json_rows(120_000)  # 4.6 MB: answered when the budget has room
-    classify, classify_headers = wide_binary(40_000_000 // 4, classification=3)
-    jobs: list[tuple[str, bytes, dict[str, str]]] = (
-        [("mlp", big_json, {})] * 12
-        + [("mlp", fits_json, {})] * 12
-        + [("wide", classify, classify_headers)] * 4
-    )
+    jobs = flood_jobs()
     spawn = multiprocessing.get_context("spawn")
     stop, worst = spawn.Event(), spawn.Value("d", 0.0)
     probe = spawn.Process(target=health_probe, args=(server.url, stop, worst))
     probe.start()
 
-    def send(job: tuple[str, bytes, dict[str, str]]) -> tuple[int, str]:
+    def send(job: FloodJob) -> tuple[int, str]:
         model, content, headers = job
         with httpx.Client(base_url=server.url, headers=server.headers, timeout=120) as one:
             response = one.post(f"/v2/models/{model}/infer", content=content, headers=headers)
@@ -502,10 +511,14 @@ def test_a_flood_of_big_requests_keeps_memory_bounded_and_health_fast(
     # Which flood requests found room depends on how they overlapped; afterwards the whole
     # budget is free again, and what was refused as busy is answered when sent alone.
     assert_all_given_back(server)
-    busy_kinds = {job[:2] for job, status in zip(jobs, statuses, strict=True) if status == 503}
+    too_big = jobs[0]  # refused as busy or, alone, as too large for the budget
+    busy = {
+        id(job): job
+        for job, status in zip(jobs, statuses, strict=True)
+        if status == 503 and job is not too_big
+    }
     with httpx.Client(base_url=server.url, headers=server.headers, timeout=120) as one:
-        for model, content in busy_kinds - {("mlp", big_json)}:
-            headers = classify_headers if model == "wide" else {}
+        for model, content, headers in busy.values():
             response = one.post(f"/v2/models/{model}/infer", content=content, headers=headers)
             assert response.status_code == 200, response.text[:300]
     assert_serving(server)
@@ -676,16 +689,13 @@ def test_a_1_gib_container_survives_the_audits_requests(
                     break
             assert largest > 0
 
-        jobs = [("flood", json_rows(640_000), {})] * 12
-        jobs += [("flood", json_rows(120_000), {})] * 12
-        content, headers = wide_binary(40_000_000 // 4, classification=3)
-        jobs += [("flood", content, headers)] * 4
+        jobs = flood_jobs("flood", "flood")
         spawn = multiprocessing.get_context("spawn")
         stop, worst = spawn.Event(), spawn.Value("d", 0.0)
         probe = spawn.Process(target=health_probe, args=(ep.url, stop, worst))
         probe.start()
 
-        def send(job: tuple[str, bytes, dict[str, str]]) -> int:
+        def send(job: FloodJob) -> int:
             _, body, extra = job
             with httpx.Client(headers=ep.headers, timeout=300) as one:
                 return one.post(infer, content=body, headers=extra).status_code

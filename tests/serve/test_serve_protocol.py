@@ -56,7 +56,7 @@ def test_unsigned_scores_rank_highest_first():
     ]
 
 
-def test_a_huge_output_is_ranked_without_sorting_it_all():
+def test_a_huge_output_with_ties_is_ranked_as_a_full_sort_would():
     scores = np.zeros(2_000_000, np.float32)
     scores[[17, 1_999_999, 400_000]] = [0.5, 0.9, 0.5]
     rows = np.stack([scores, scores[::-1]])
